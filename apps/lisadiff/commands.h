@@ -1,0 +1,15 @@
+// Subcommands of the `lisadiff` multi-tool. Each add_* registers its flags on `app` and
+// returns the function that runs it once the command line has been parsed.
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace lisadiff::cli {
+
+using CommandRunner = std::function<int()>;
+
+CommandRunner add_inspect(CLI::App& app);
+
+}  // namespace lisadiff::cli

@@ -1,0 +1,165 @@
+#include "config/scheduler_config.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "config/config_checks.h"
+
+namespace lisadiff::config {
+namespace {
+
+template <class Self, class Visitor>
+void visit_fields(Self& c, Visitor& v) {
+  v("num_train_timesteps", c.num_train_timesteps);
+  v("beta_start", c.beta_start);
+  v("beta_end", c.beta_end);
+  v("beta_schedule", c.beta_schedule);
+  v("trained_betas", c.trained_betas);
+  v("prediction_type", c.prediction_type);
+  v("timestep_spacing", c.timestep_spacing);
+  v("steps_offset", c.steps_offset);
+  v("clip_sample", c.clip_sample);
+  v("clip_sample_range", c.clip_sample_range);
+  v("thresholding", c.thresholding);
+  v("dynamic_thresholding_ratio", c.dynamic_thresholding_ratio);
+  v("sample_max_value", c.sample_max_value);
+  v("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
+  v("variance_type", c.variance_type);
+  v("set_alpha_to_one", c.set_alpha_to_one);
+  v("skip_prk_steps", c.skip_prk_steps);
+  v("interpolation_type", c.interpolation_type);
+  v("use_karras_sigmas", c.use_karras_sigmas);
+  v("use_exponential_sigmas", c.use_exponential_sigmas);
+  v("use_beta_sigmas", c.use_beta_sigmas);
+  v("sigma_min", c.sigma_min);
+  v("sigma_max", c.sigma_max);
+  v("timestep_type", c.timestep_type);
+  v("final_sigmas_type", c.final_sigmas_type);
+  v("original_inference_steps", c.original_inference_steps);
+  v("timestep_scaling", c.timestep_scaling);
+}
+
+struct SchedulerClass {
+  const char* name;
+  std::vector<std::string> own_keys;  // besides the shared ones
+  void (*set_defaults)(SchedulerConfig&);
+};
+
+const std::vector<std::string> kSharedKeys = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                              "trained_betas", "prediction_type", "timestep_spacing", "steps_offset"};
+const std::vector<std::string> kSampleClipKeys = {"clip_sample", "clip_sample_range", "thresholding",
+                                                  "dynamic_thresholding_ratio", "sample_max_value",
+                                                  "rescale_betas_zero_snr"};
+
+std::vector<std::string> join(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Constructor keys and defaults as in diffusers (checked by tests against the fixture
+// script's dump of each class's signature).
+const std::vector<SchedulerClass>& classes() {
+  static const std::vector<SchedulerClass> table = {
+      {"DDPMScheduler", join(kSampleClipKeys, {"variance_type"}), [](SchedulerConfig&) {}},
+      {"DDIMScheduler", join(kSampleClipKeys, {"set_alpha_to_one"}), [](SchedulerConfig&) {}},
+      {"PNDMScheduler", {"skip_prk_steps", "set_alpha_to_one"}, [](SchedulerConfig& c) { c.set_alpha_to_one = false; }},
+      {"EulerDiscreteScheduler",
+       {"interpolation_type", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "sigma_min",
+        "sigma_max", "timestep_type", "rescale_betas_zero_snr", "final_sigmas_type"},
+       [](SchedulerConfig& c) { c.timestep_spacing = "linspace"; }},
+      {"LCMScheduler",
+       join(kSampleClipKeys, {"set_alpha_to_one", "original_inference_steps", "timestep_scaling"}),
+       [](SchedulerConfig& c) {
+         c.beta_start = 0.00085;
+         c.beta_end = 0.012;
+         c.beta_schedule = "scaled_linear";
+         c.clip_sample = false;
+       }},
+  };
+  return table;
+}
+
+const SchedulerClass* find_class(const std::string& name) {
+  for (const auto& cls : classes()) {
+    if (name == cls.name) return &cls;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+bool SchedulerConfig::is_known_class(const std::string& class_name) { return find_class(class_name) != nullptr; }
+
+SchedulerConfig SchedulerConfig::defaults_for(const std::string& class_name) {
+  SchedulerConfig config;
+  config.class_name = class_name;
+  if (const auto* cls = find_class(class_name)) cls->set_defaults(config);
+  return config;
+}
+
+SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& source) {
+  FieldReader reader(json, source);
+  std::string class_name = "DDPMScheduler";
+  const auto it = json.find("_class_name");
+  if (it != json.end() && !decode(*it, class_name)) {
+    field_error(source, "_class_name", "expected a string, found " + describe_json(*it));
+  }
+  if (!is_known_class(class_name)) {
+    spdlog::warn("{}: scheduler class '{}' is not one lisadiff implements; reading its noise schedule with "
+                 "DDPMScheduler's defaults", source, class_name);
+  }
+  SchedulerConfig config = defaults_for(class_name);
+  visit_fields(config, reader);
+  reader.warn_unclaimed();
+  config.validate(source);
+  return config;
+}
+
+SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path) {
+  return from_json(read_json_file(path), path.string());
+}
+
+void SchedulerConfig::validate(const std::string& source) const {
+  require_positive(source, "num_train_timesteps", num_train_timesteps);
+  require_one_of(source, "beta_schedule", beta_schedule, {"linear", "scaled_linear", "squaredcos_cap_v2"});
+  require_one_of(source, "prediction_type", prediction_type, {"epsilon", "v_prediction", "sample"});
+  require_one_of(source, "timestep_spacing", timestep_spacing, {"leading", "trailing", "linspace"});
+  require_one_of(source, "variance_type", variance_type,
+                 {"fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"});
+  if (!trained_betas) {
+    require_positive(source, "beta_start", beta_start);
+    require_positive(source, "beta_end", beta_end);
+    if (beta_end < beta_start) {
+      field_error(source, "beta_end", fmt::format("expected at least beta_start ({}), found {}", beta_start, beta_end));
+    }
+  } else if (trained_betas->size() != static_cast<std::size_t>(num_train_timesteps)) {
+    require_length(source, "trained_betas", trained_betas->size(), num_train_timesteps, "num_train_timesteps");
+  }
+  if (steps_offset < 0) field_error(source, "steps_offset", fmt::format("expected >= 0, found {}", steps_offset));
+}
+
+Json SchedulerConfig::to_json() const {
+  FieldWriter writer;
+  writer.json()["_class_name"] = class_name;
+  visit_fields(*this, writer);
+  const auto* cls = find_class(class_name);
+  if (!cls) cls = find_class("DDPMScheduler");
+  Json out = Json::object();
+  for (const auto& [key, value] : writer.json().items()) {
+    const bool keep = key == "_class_name" ||
+                      std::find(kSharedKeys.begin(), kSharedKeys.end(), key) != kSharedKeys.end() ||
+                      std::find(cls->own_keys.begin(), cls->own_keys.end(), key) != cls->own_keys.end();
+    if (keep) out[key] = value;
+  }
+  return out;
+}
+
+std::string SchedulerConfig::summary() const {
+  return fmt::format("{}: {} steps, {} betas {}..{}, prediction {}, spacing {}, steps_offset {}", class_name,
+                     num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, timestep_spacing,
+                     steps_offset);
+}
+
+}  // namespace lisadiff::config

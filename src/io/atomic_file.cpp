@@ -1,0 +1,82 @@
+#include "io/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+
+namespace lisadiff::io {
+namespace {
+
+std::filesystem::path temp_name_for(const std::filesystem::path& target) {
+  static std::atomic<unsigned> counter{0};
+  const std::string name = "." + target.filename().string() + ".tmp." + std::to_string(getpid()) +
+                           "." + std::to_string(counter++);
+  return target.parent_path() / name;
+}
+
+void fsync_directory(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(std::filesystem::path target)
+    : target_(std::move(target)), temp_(temp_name_for(target_)) {
+  fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("cannot create temporary file");
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) {
+    std::error_code ignored;
+    std::filesystem::remove(temp_, ignored);
+  }
+}
+
+void AtomicFileWriter::fail(const char* what) {
+  throw Error(target_.string(), std::string(what) + " (" + temp_.string() + "): " + std::strerror(errno));
+}
+
+void AtomicFileWriter::write(const void* data, std::size_t size) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd_, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("write failed");
+    }
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+void AtomicFileWriter::commit() {
+  if (::fsync(fd_) != 0) fail("fsync failed");
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    fail("close failed");
+  }
+  fd_ = -1;
+  if (::rename(temp_.c_str(), target_.c_str()) != 0) fail("rename into place failed");
+  committed_ = true;
+  fsync_directory(target_.parent_path());
+}
+
+void write_file_atomic(const std::filesystem::path& path, std::string_view content) {
+  AtomicFileWriter out(path);
+  out.write(content);
+  out.commit();
+}
+
+}  // namespace lisadiff::io

@@ -1,0 +1,199 @@
+#include "tools/inspect.h"
+
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "config/clip_text_config.h"
+#include "config/pipeline_index.h"
+#include "config/scheduler_config.h"
+#include "config/unet_config.h"
+#include "config/vae_config.h"
+#include "core/error.h"
+#include "io/pipeline_folder.h"
+#include "io/safetensors.h"
+
+namespace lisadiff::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using io::Dtype;
+using Json = nlohmann::ordered_json;
+
+bool holds_parameters(Dtype d) {
+  switch (d) {
+    case Dtype::F8_E5M2: case Dtype::F8_E4M3: case Dtype::F8_E8M0: case Dtype::F8_E4M3FNUZ:
+    case Dtype::F8_E5M2FNUZ: case Dtype::F16: case Dtype::BF16: case Dtype::F32: case Dtype::C64:
+    case Dtype::F64:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string tokenizer_summary(const fs::path& dir) {
+  const auto vocab = config::read_json_file(dir / "vocab.json");
+  if (!vocab.is_object()) throw Error((dir / "vocab.json").string(), "expected an object of token -> id");
+  std::ifstream merges(dir / "merges.txt");
+  if (!merges) throw Error((dir / "merges.txt").string(), "cannot open (missing or unreadable)");
+  std::size_t count = 0;
+  for (std::string line; std::getline(merges, line);) {
+    if (!line.empty() && line.rfind("#version", 0) != 0) ++count;
+  }
+  return fmt::format("vocab {} entries, {} merges", vocab.size(), count);
+}
+
+// Parses and validates the component's config; returns its one-line summary.
+std::string component_config(const fs::path& dir, const std::string& class_name) {
+  if (class_name == "UNet2DConditionModel") return config::UNet2DConditionConfig::from_file(dir / "config.json").summary();
+  if (class_name == "AutoencoderKL") return config::AutoencoderKLConfig::from_file(dir / "config.json").summary();
+  if (class_name == "CLIPTextModel" || class_name == "CLIPTextModelWithProjection") {
+    return config::CLIPTextConfig::from_file(dir / "config.json").summary();
+  }
+  if (ends_with(class_name, "Scheduler")) return config::SchedulerConfig::from_file(dir / "scheduler_config.json").summary();
+  if (class_name == "CLIPTokenizer" || class_name == "CLIPTokenizerFast") return tokenizer_summary(dir);
+  return "not used by lisadiff";
+}
+
+std::string group_digits(std::uint64_t n) {
+  std::string digits = std::to_string(n);
+  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(static_cast<std::size_t>(i), ",");
+  return digits;
+}
+
+std::string dtype_list(const WeightsSummary& w) {
+  std::string out;
+  for (const auto& [dtype, count] : w.dtypes) out += fmt::format("{}{} {}", out.empty() ? "" : ", ", dtype, count);
+  return out;
+}
+
+Json weights_json(const WeightsSummary& w) {
+  Json files = Json::array();
+  for (const auto& f : w.files) files.push_back(f.string());
+  return {{"files", files},          {"tensors", w.tensors},     {"parameters", w.parameters},
+          {"elements", w.elements},  {"bytes", w.bytes},         {"dtypes", w.dtypes},
+          {"first_tensor", w.first_tensor}, {"last_tensor", w.last_tensor}, {"metadata", w.metadata}};
+}
+
+}  // namespace
+
+WeightsSummary summarize_weights(const std::vector<fs::path>& files) {
+  WeightsSummary summary;
+  summary.files = files;
+  for (const auto& file : files) {
+    const io::SafetensorsReader reader(file);
+    if (summary.metadata.empty()) summary.metadata = reader.metadata();
+    for (const auto& entry : reader.entries()) {
+      if (summary.first_tensor.empty()) summary.first_tensor = entry.name;
+      summary.last_tensor = entry.name;
+      ++summary.tensors;
+      summary.elements += entry.numel();
+      if (holds_parameters(entry.dtype)) summary.parameters += entry.numel();
+      summary.bytes += entry.nbytes();
+      ++summary.dtypes[std::string(io::dtype_name(entry.dtype))];
+    }
+  }
+  return summary;
+}
+
+InspectReport inspect(const fs::path& path, const std::string& variant) {
+  InspectReport report;
+  report.path = path;
+  if (!fs::exists(path)) throw Error(path.string(), "no such file or folder");
+  if (!fs::is_directory(path)) {
+    report.weights = summarize_weights({path});
+    return report;
+  }
+  if (!io::is_pipeline_folder(path)) {
+    throw Error(path.string(), "not a pipeline folder (no model_index.json) and not a .safetensors file");
+  }
+  const auto index = config::PipelineIndex::from_file(path / "model_index.json");
+  report.is_pipeline = true;
+  report.pipeline_class = index.class_name;
+  report.diffusers_version = index.diffusers_version;
+  for (const auto& component : index.components) {
+    ComponentReport out{component.name, component.library.value_or(""), component.class_name.value_or(""), "", {}};
+    if (component.present()) {
+      const auto dir = path / component.name;
+      if (!fs::is_directory(dir)) {
+        throw Error((path / "model_index.json").string(), field_key(component.name),
+                    "lists a " + out.class_name + " component, but the folder " + dir.string() + " does not exist");
+      }
+      out.config = component_config(dir, out.class_name);
+      const auto files = io::find_weight_files(dir, variant);
+      if (!files.empty()) out.weights = summarize_weights(files);
+    }
+    report.components.push_back(std::move(out));
+  }
+  return report;
+}
+
+Json to_json(const InspectReport& report) {
+  Json out = {{"path", report.path.string()}, {"kind", report.is_pipeline ? "pipeline" : "safetensors"}};
+  if (report.weights) out["weights"] = weights_json(*report.weights);
+  if (!report.is_pipeline) return out;
+  out["pipeline_class"] = report.pipeline_class;
+  out["diffusers_version"] = report.diffusers_version;
+  Json components = Json::array();
+  std::int64_t tensors = 0, parameters = 0;
+  std::uint64_t bytes = 0;
+  for (const auto& c : report.components) {
+    Json item = {{"name", c.name}, {"library", c.library}, {"class", c.class_name}, {"config", c.config}};
+    if (c.weights) {
+      item["weights"] = weights_json(*c.weights);
+      tensors += c.weights->tensors;
+      parameters += c.weights->parameters;
+      bytes += c.weights->bytes;
+    }
+    components.push_back(std::move(item));
+  }
+  out["components"] = std::move(components);
+  out["totals"] = {{"tensors", tensors}, {"parameters", parameters}, {"bytes", bytes}};
+  return out;
+}
+
+std::string to_text(const InspectReport& report) {
+  std::string out;
+  const auto row = [&](const std::string& name, const std::string& cls, const WeightsSummary* w) {
+    out += fmt::format("{:<19}{:<24}{:>9}{:>14}{:>14}  {}\n", name, cls, w ? group_digits(w->tensors) : "-",
+                       w ? group_digits(w->parameters) : "-", w ? group_digits(w->bytes) : "-",
+                       w ? dtype_list(*w) : "");
+  };
+  const auto details = [&](const std::string& name, const std::string& config, const WeightsSummary* w) {
+    if (!config.empty()) out += fmt::format("{}: {}\n", name, config);
+    if (!w) return;
+    for (const auto& file : w->files) out += fmt::format("  file: {}\n", file.string());
+    out += fmt::format("  first tensor: {}\n  last tensor:  {}\n", w->first_tensor, w->last_tensor);
+  };
+  if (!report.is_pipeline) {
+    out += fmt::format("safetensors file {}\n", report.path.string());
+    for (const auto& [key, value] : report.weights->metadata) out += fmt::format("  metadata {} = {}\n", key, value);
+    row("", "", &*report.weights);
+    details("weights", "", &*report.weights);
+    return out;
+  }
+  out += fmt::format("pipeline {} ({}, diffusers {})\n\n", report.path.string(), report.pipeline_class,
+                     report.diffusers_version.empty() ? "?" : report.diffusers_version);
+  out += fmt::format("{:<19}{:<24}{:>9}{:>14}{:>14}  {}\n", "component", "class", "tensors", "parameters", "bytes",
+                     "dtypes");
+  WeightsSummary total;
+  for (const auto& c : report.components) {
+    row(c.name, c.class_name.empty() ? "(none)" : c.class_name, c.weights ? &*c.weights : nullptr);
+    if (c.weights) {
+      total.tensors += c.weights->tensors;
+      total.parameters += c.weights->parameters;
+      total.bytes += c.weights->bytes;
+      for (const auto& [dtype, count] : c.weights->dtypes) total.dtypes[dtype] += count;
+    }
+  }
+  row("total", "", &total);
+  out += "\n";
+  for (const auto& c : report.components) details(c.name, c.config, c.weights ? &*c.weights : nullptr);
+  return out;
+}
+
+}  // namespace lisadiff::tools

@@ -1,0 +1,115 @@
+#include "test_util.h"
+
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+namespace lisadiff::testing {
+
+std::filesystem::path fixtures_dir() { return LISADIFF_FIXTURES_DIR; }
+
+TempDir::TempDir() {
+  std::random_device rd;
+  path_ = std::filesystem::temp_directory_path() /
+          ("lisadiff-test-" + std::to_string(getpid()) + "-" + std::to_string(rd()));
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_file(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+nlohmann::ordered_json read_json(const std::filesystem::path& path) {
+  return nlohmann::ordered_json::parse(read_file(path));
+}
+
+::testing::AssertionResult same_tensor(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type()) {
+    return ::testing::AssertionFailure() << "dtype " << a.scalar_type() << " vs " << b.scalar_type();
+  }
+  if (a.sizes() != b.sizes()) return ::testing::AssertionFailure() << "shape " << a.sizes() << " vs " << b.sizes();
+  const auto ca = a.contiguous();
+  const auto cb = b.contiguous();
+  const auto bytes = static_cast<std::size_t>(ca.numel() * ca.element_size());
+  if (bytes > 0 && std::memcmp(ca.data_ptr(), cb.data_ptr(), bytes) != 0) {
+    return ::testing::AssertionFailure() << "bytes differ";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+CapturedLog::CapturedLog() : stream_(std::make_shared<std::ostringstream>()) {
+  previous_ = spdlog::default_logger();
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*stream_);
+  auto logger = std::make_shared<spdlog::logger>("captured", sink);
+  logger->set_pattern("%l: %v");
+  spdlog::set_default_logger(logger);
+}
+
+CapturedLog::~CapturedLog() {
+  spdlog::set_default_logger(std::static_pointer_cast<spdlog::logger>(previous_));
+}
+
+std::pair<int, std::string> run_command(const std::string& command) {
+  std::string output;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  std::array<char, 4096> buffer{};
+  while (std::fgets(buffer.data(), buffer.size(), pipe)) output += buffer.data();
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+}  // namespace lisadiff::testing
+
+namespace lisadiff::testing {
+
+std::vector<std::pair<std::string, torch::Tensor>> dtype_sample() {
+  const auto base = torch::arange(12, torch::kDouble).reshape({3, 4}) - 5;
+  const std::vector<std::pair<std::string, torch::ScalarType>> types = {
+      {"bool", torch::kBool},       {"u8", torch::kByte},          {"i8", torch::kChar},
+      {"i16", torch::kShort},       {"u16", torch::kUInt16},       {"f16", torch::kHalf},
+      {"bf16", torch::kBFloat16},   {"i32", torch::kInt},          {"u32", torch::kUInt32},
+      {"f32", torch::kFloat},       {"f64", torch::kDouble},       {"i64", torch::kLong},
+      {"u64", torch::kUInt64},      {"c64", torch::kComplexFloat}, {"f8_e5m2", torch::kFloat8_e5m2},
+      {"f8_e4m3", torch::kFloat8_e4m3fn}, {"f8_e8m0", torch::kFloat8_e8m0fnu},
+      {"f8_e4m3fnuz", torch::kFloat8_e4m3fnuz}, {"f8_e5m2fnuz", torch::kFloat8_e5m2fnuz},
+  };
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& [name, type] : types) {
+    torch::Tensor value;
+    if (type == torch::kBool) {
+      value = base.remainder(3) == 0;
+    } else if (name[0] == 'u' || name == "f8_e8m0") {
+      value = (base + 5).to(type);  // non-negative
+    } else if (c10::isFloatingType(type) || c10::isComplexType(type)) {
+      value = (base * 0.25).to(type);
+    } else {
+      value = base.to(type);
+    }
+    out.emplace_back(name, value);
+  }
+  out.emplace_back("scalar", torch::tensor(3.5f));
+  out.emplace_back("empty", torch::zeros({0, 3}));
+  return out;
+}
+
+}  // namespace lisadiff::testing

@@ -1,0 +1,77 @@
+// Helpers shared by the test suites.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "core/error.h"
+
+namespace lisadiff::testing {
+
+std::filesystem::path fixtures_dir();
+
+// A fresh directory, removed with everything in it when the object goes away.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::string read_file(const std::filesystem::path& path);
+void write_file(const std::filesystem::path& path, const std::string& bytes);
+nlohmann::ordered_json read_json(const std::filesystem::path& path);
+
+// Same dtype, same shape and the same bytes (works for every dtype, float8 and uint included).
+::testing::AssertionResult same_tensor(const torch::Tensor& a, const torch::Tensor& b);
+
+// Everything spdlog logs while the object lives, instead of stderr.
+class CapturedLog {
+ public:
+  CapturedLog();
+  ~CapturedLog();
+  std::string text() const { return stream_->str(); }
+
+ private:
+  std::shared_ptr<std::ostringstream> stream_;
+  std::shared_ptr<void> previous_;
+};
+
+// Runs a shell command; returns its exit status and (stdout + stderr).
+std::pair<int, std::string> run_command(const std::string& command);
+
+}  // namespace lisadiff::testing
+
+// Asserts that `statement` throws lisadiff::Error and its message contains every
+// substring given after it.
+#define EXPECT_THROW_WITH(statement, ...)                                                  \
+  do {                                                                                     \
+    try {                                                                                  \
+      statement;                                                                           \
+      ADD_FAILURE() << "expected lisadiff::Error from: " #statement;                       \
+    } catch (const ::lisadiff::Error& error_) {                                            \
+      const std::string message_ = error_.what();                                          \
+      for (const std::string& expected_ : std::initializer_list<std::string>{__VA_ARGS__}) {  \
+        EXPECT_NE(message_.find(expected_), std::string::npos)                             \
+            << "message does not contain \"" << expected_ << "\":\n  " << message_;        \
+      }                                                                                    \
+    }                                                                                      \
+  } while (0)
+
+namespace lisadiff::testing {
+
+// One tensor per safetensors dtype (plus a 0-d and an empty one), with the values that
+// scripts/make_fixtures.py's dtype_sample() writes into tests/fixtures/safetensors/.
+std::vector<std::pair<std::string, torch::Tensor>> dtype_sample();
+
+}  // namespace lisadiff::testing
