@@ -36,7 +36,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+import warnings  # noqa: E402
+
 import torch  # noqa: E402
+
+# diffusers' pipeline constructor upgrades old scheduler configs (steps_offset) with a
+# FutureWarning; the fixtures keep diffusers' behaviour, the warning is only noise here.
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SEED = 0
@@ -397,6 +403,11 @@ def regenerate_all(fixtures: Path, seed: int) -> None:
 
 
 def main() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fixtures-dir", type=Path, default=REPO / "tests" / "fixtures")
     parser.add_argument("--pipeline", choices=sorted(PRESETS), help="write one pipeline folder to --out")

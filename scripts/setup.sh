@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Installs and builds everything lisadiff needs, on a bare Debian 12 machine or an already
+# set-up one (then it only does what is missing). Steps, each timed:
+#   1. Debian packages (compiler tools and the C++ libraries; see README.md)
+#   2. the Python venv with the pins of requirements.txt (LibTorch comes from its torch
+#      wheel), under $LISADIFF_CACHE_DIR (default ~/.cache/lisadiff), keyed by the pins
+#   3. CMake configure (Ninja, ccache under the same cache dir, precompiled torch header)
+#   4. build
+# Environment: LISADIFF_CACHE_DIR, LISADIFF_BUILD_DIR (default build), LISADIFF_JOBS
+# (default: number of cores), LISADIFF_BUILD_TYPE (default Release).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${LISADIFF_CACHE_DIR:-$HOME/.cache/lisadiff}"
+BUILD="${LISADIFF_BUILD_DIR:-$ROOT/build}"
+JOBS="${LISADIFF_JOBS:-$(nproc)}"
+BUILD_TYPE="${LISADIFF_BUILD_TYPE:-Release}"
+PYTHON_BASE="${LISADIFF_PYTHON_BASE:-python3}"
+
+APT_PACKAGES=(
+  g++ cmake ninja-build ccache git pkg-config
+  python3 python3-venv
+  libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libstb-dev libarchive-dev
+  libre2-dev libutf8proc-dev libgtest-dev libgmock-dev libbenchmark-dev
+)
+
+say() { printf '[setup] %s\n' "$*"; }
+timed() {  # timed "label" command...: runs the command and reports how long it took
+  local label=$1 start=$SECONDS
+  shift
+  "$@"
+  say "$label: $((SECONDS - start)) s"
+}
+
+install_apt_packages() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    say "Debian packages: all ${#APT_PACKAGES[@]} present"
+    return
+  fi
+  say "Debian packages: installing ${missing[*]}"
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The venv is keyed by the Python version and the pins (comments in requirements.txt do not
+# count), so a changed pin gets a fresh venv while CI and fresh clones reuse the old one.
+venv_key() {
+  { "$PYTHON_BASE" -c 'import sys; print(sys.version_info[:2])'; grep -vE '^\s*(#|$)' "$ROOT/requirements.txt"; } |
+    sha256sum | cut -c1-12
+}
+
+install_venv() {
+  local venv=$1
+  if [ -f "$venv/.lisadiff-complete" ]; then
+    say "Python venv: present ($venv)"
+    return
+  fi
+  # A venv cannot be moved (its scripts name their own path), so it is built in place and
+  # counts only once the stamp exists: an interrupted install is started over.
+  say "Python venv: creating $venv (the torch wheel and its CUDA libraries, about 3 GB)"
+  rm -rf "$venv"
+  "$PYTHON_BASE" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --cache-dir "$CACHE/pip" -r "$ROOT/requirements.txt"
+  touch "$venv/.lisadiff-complete"
+}
+
+configure() {
+  local python=$1
+  local cache_file="$BUILD/CMakeCache.txt"
+  if [ -f "$cache_file" ] && grep -q "^LISADIFF_PYTHON:FILEPATH=$python$" "$cache_file" &&
+     grep -q "^CMAKE_BUILD_TYPE:STRING=$BUILD_TYPE$" "$cache_file"; then
+    say "CMake: configured ($BUILD)"
+    return
+  fi
+  say "CMake: configuring $BUILD ($BUILD_TYPE)"
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
+    -DLISADIFF_PYTHON="$python" -DLISADIFF_CCACHE_DIR="$CACHE/ccache" >"$BUILD.configure.log" 2>&1 ||
+    { cat "$BUILD.configure.log"; exit 1; }
+}
+
+build() {
+  say "build: $BUILD (-j$JOBS)"
+  cmake --build "$BUILD" -j "$JOBS"
+}
+
+main() {
+  local total=$SECONDS
+  mkdir -p "$CACHE"
+  timed "Debian packages" install_apt_packages
+  exec 9>"$CACHE/setup.lock"
+  flock 9  # one setup at a time may touch the shared cache
+  local venv="$CACHE/venv-$(venv_key)"
+  timed "Python venv" install_venv "$venv"
+  timed "CMake configure" configure "$venv/bin/python"
+  timed "build" build
+  say "done in $((SECONDS - total)) s: $BUILD/apps/lisadiff"
+}
+
+main "$@"
