@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -13,7 +14,25 @@
 
 namespace lisadiff::testing {
 
-std::filesystem::path fixtures_dir() { return LISADIFF_FIXTURES_DIR; }
+namespace {
+
+std::string test_path(const char* key) {
+  static const nlohmann::json paths = [] {
+    const char* file = std::getenv("LISADIFF_TEST_PATHS");
+    if (file == nullptr || *file == '\0') {
+      throw std::runtime_error("LISADIFF_TEST_PATHS is not set: run the tests through ctest (scripts/test.sh)");
+    }
+    return nlohmann::json::parse(read_file(file));
+  }();
+  return paths.at(key).get<std::string>();
+}
+
+}  // namespace
+
+std::filesystem::path tests_dir() { return test_path("tests_dir"); }
+std::filesystem::path fixtures_dir() { return tests_dir() / "fixtures"; }
+std::string test_python() { return test_path("python"); }
+std::string cli_path() { return test_path("cli"); }
 
 TempDir::TempDir() {
   std::random_device rd;

@@ -14,7 +14,12 @@
 
 namespace lisadiff::testing {
 
-std::filesystem::path fixtures_dir();
+// From the file named by $LISADIFF_TEST_PATHS, which ctest sets (tests/CMakeLists.txt); to
+// run a test by hand: LISADIFF_TEST_PATHS=build/test_paths.json build/tests/test_x
+std::filesystem::path tests_dir();     // the source tests/ folder
+std::filesystem::path fixtures_dir();  // tests_dir() / "fixtures"
+std::string test_python();             // the venv's python (reference checks)
+std::string cli_path();                // the lisadiff executable
 
 // A fresh directory, removed with everything in it when the object goes away.
 class TempDir {

@@ -13,10 +13,10 @@ using lisadiff::testing::read_file;
 using lisadiff::testing::same_tensor;
 using lisadiff::testing::TempDir;
 
-const auto kPythonFile = fixtures_dir() / "safetensors" / "all_dtypes.safetensors";
+std::filesystem::path python_file() { return fixtures_dir() / "safetensors" / "all_dtypes.safetensors"; }
 
 TEST(SafetensorsParity, ReadsEveryDtypeThePythonPackageWrites) {
-  const SafetensorsReader reader(kPythonFile);
+  const SafetensorsReader reader(python_file());
   const auto sample = dtype_sample();
   ASSERT_EQ(reader.size(), sample.size());
   for (const auto& [name, expected] : sample) EXPECT_TRUE(same_tensor(reader.tensor(name), expected)) << name;
@@ -26,17 +26,16 @@ TEST(SafetensorsParity, ReadsEveryDtypeThePythonPackageWrites) {
 TEST(SafetensorsParity, WriterOutputIsByteIdenticalToThePythonPackage) {
   TempDir dir;
   write_safetensors(dir / "cpp.safetensors", dtype_sample(), {{"format", "pt"}});
-  EXPECT_TRUE(read_file(dir / "cpp.safetensors") == read_file(kPythonFile));
+  EXPECT_TRUE(read_file(dir / "cpp.safetensors") == read_file(python_file()));
 }
 
 TEST(SafetensorsParity, PythonPackageReadsWriterOutput) {
-  const std::string python = LISADIFF_TEST_PYTHON;
-  ASSERT_FALSE(python.empty()) << "configure with -DLISADIFF_PYTHON (scripts/setup.sh does)";
+  const std::string python = lisadiff::testing::test_python();
   TempDir dir;
   const auto path = dir / "cpp.safetensors";
   write_safetensors(path, dtype_sample(), {{"format", "pt"}, {"writer", "lisadiff"}});
   const auto [rc, output] = lisadiff::testing::run_command(
-      python + " " + LISADIFF_TESTS_DIR + "/io/check_python_reads.py " + path.string());
+      python + " " + (lisadiff::testing::tests_dir() / "io/check_python_reads.py").string() + " " + path.string());
   EXPECT_EQ(rc, 0) << output;
   EXPECT_NE(output.find("python read 21 tensors"), std::string::npos) << output;
 }

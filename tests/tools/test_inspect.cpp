@@ -72,7 +72,7 @@ TEST(Inspect, SingleSafetensorsFile) {
 }
 
 TEST(Inspect, ExecutablePrintsJsonAndText) {
-  const std::string cli = LISADIFF_CLI;
+  const std::string cli = lisadiff::testing::cli_path();
   const auto path = (fixtures_dir() / "pipelines/lcm-micro").string();
   const auto [rc, out] = run_command(cli + " inspect --json " + path);
   ASSERT_EQ(rc, 0) << out;
@@ -93,7 +93,7 @@ TEST(Inspect, ExecutablePrintsJsonAndText) {
 }
 
 TEST(Inspect, ExecutableExitCodes) {
-  const std::string cli = LISADIFF_CLI;
+  const std::string cli = lisadiff::testing::cli_path();
   const auto [rc_missing, missing] = run_command(cli + " inspect /no/such/pipeline");
   EXPECT_EQ(rc_missing, 1);
   EXPECT_NE(missing.find("error: /no/such/pipeline: no such file or folder"), std::string::npos) << missing;
