@@ -2,7 +2,8 @@
 # paths are made relative to the source tree, and the PCH-related sloppiness that
 # GCC precompiled headers need is switched on. The cache lives outside the clone.
 option(LISADIFF_CCACHE "Compile through ccache when it is installed" ON)
-set(LISADIFF_CCACHE_DIR "$ENV{HOME}/.cache/lisadiff/ccache" CACHE PATH "ccache directory")
+set(LISADIFF_CACHE_DIR "$ENV{HOME}/.cache/lisadiff" CACHE PATH "Caches shared by every clone (venv, pip, ccache, PCH header)")
+set(LISADIFF_CCACHE_DIR "${LISADIFF_CACHE_DIR}/ccache" CACHE PATH "ccache directory")
 find_program(LISADIFF_CCACHE_PROGRAM ccache)
 if(LISADIFF_CCACHE AND LISADIFF_CCACHE_PROGRAM)
   set(CMAKE_CXX_COMPILER_LAUNCHER

@@ -80,7 +80,7 @@ configure() {
   fi
   say "CMake: configuring $BUILD ($BUILD_TYPE)"
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
-    -DLISADIFF_PYTHON="$python" -DLISADIFF_CCACHE_DIR="$CACHE/ccache" >"$BUILD.configure.log" 2>&1 ||
+    -DLISADIFF_PYTHON="$python" -DLISADIFF_CACHE_DIR="$CACHE" >"$BUILD.configure.log" 2>&1 ||
     { cat "$BUILD.configure.log"; exit 1; }
 }
 
