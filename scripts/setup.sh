@@ -73,8 +73,9 @@ install_venv() {
 configure() {
   local python=$1
   local cache_file="$BUILD/CMakeCache.txt"
-  if [ -f "$cache_file" ] && grep -q "^LISADIFF_PYTHON:FILEPATH=$python$" "$cache_file" &&
-     grep -q "^CMAKE_BUILD_TYPE:STRING=$BUILD_TYPE$" "$cache_file"; then
+  if [ -f "$cache_file" ] && grep -qx "LISADIFF_PYTHON:FILEPATH=$python" "$cache_file" &&
+     grep -qx "CMAKE_BUILD_TYPE:STRING=$BUILD_TYPE" "$cache_file" &&
+     grep -qx "LISADIFF_CACHE_DIR:PATH=$CACHE" "$cache_file"; then
     say "CMake: configured ($BUILD)"
     return
   fi

@@ -43,24 +43,22 @@ const char* const kPretrainedConfigKeys[] = {
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "model_type",
 };
 
+const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+
 }  // namespace
 
 CLIPTextConfig CLIPTextConfig::from_json(const Json& json, const std::string& source) {
-  CLIPTextConfig config;
   FieldReader reader(json, source);
   const auto type = json.find("model_type");
   if (type != json.end() && *type != "clip_text_model") {
     field_error(source, "model_type", "expected \"clip_text_model\", found " + describe_json(*type));
   }
   for (const char* key : kPretrainedConfigKeys) reader.ignored(key);
-  visit_fields(config, reader);
-  reader.warn_unclaimed();
-  config.validate(source);
-  return config;
+  return read_fields(CLIPTextConfig{}, reader, kVisit);
 }
 
 CLIPTextConfig CLIPTextConfig::from_file(const std::filesystem::path& path) {
-  return from_json(read_json_file(path), path.string());
+  return read_config_file<CLIPTextConfig>(path);
 }
 
 void CLIPTextConfig::validate(const std::string& source) const {
@@ -79,11 +77,8 @@ void CLIPTextConfig::validate(const std::string& source) const {
 }
 
 Json CLIPTextConfig::to_json() const {
-  FieldWriter writer;
-  writer.json()["architectures"] = Json::array({"CLIPTextModel"});
-  writer.json()["model_type"] = "clip_text_model";
-  visit_fields(*this, writer);
-  return writer.json();
+  const Json header = {{"architectures", Json::array({"CLIPTextModel"})}, {"model_type", "clip_text_model"}};
+  return write_fields(*this, header, kVisit);
 }
 
 std::string CLIPTextConfig::summary() const {

@@ -154,6 +154,7 @@ class FieldReader {
 
 class FieldWriter {
  public:
+  explicit FieldWriter(Json header = Json::object()) : json_(std::move(header)) {}
   template <class T>
   void operator()(const char* key, const T& field) {
     json_[key] = encode(field);
@@ -163,8 +164,32 @@ class FieldWriter {
   Json& json() { return json_; }
 
  private:
-  Json json_ = Json::object();
+  Json json_;
 };
+
+// The shared path of every config's from_json: visit the fields, warn once about keys no
+// field claimed, validate. `config` holds the defaults; `visit(config, visitor)` lists the keys.
+template <class Config, class Visit>
+Config read_fields(Config config, FieldReader& reader, const Visit& visit) {
+  visit(config, reader);
+  reader.warn_unclaimed();
+  config.validate(reader.source());
+  return config;
+}
+
+// The shared path of every config's to_json: the `header` keys (e.g. _class_name), then the fields.
+template <class Config, class Visit>
+Json write_fields(const Config& config, Json header, const Visit& visit) {
+  FieldWriter writer(std::move(header));
+  visit(config, writer);
+  return writer.json();
+}
+
+// from_file for any config type with a static from_json(json, source).
+template <class Config>
+Config read_config_file(const std::filesystem::path& path) {
+  return Config::from_json(read_json_file(path), path.string());
+}
 
 // Shared by the component configs: the expected `_class_name` (when the file names one).
 void check_class_name(const FieldReader& reader, const std::vector<std::string>& accepted);

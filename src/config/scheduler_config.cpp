@@ -88,6 +88,8 @@ const SchedulerClass* find_class(const std::string& name) {
   return nullptr;
 }
 
+const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+
 }  // namespace
 
 bool SchedulerConfig::is_known_class(const std::string& class_name) { return find_class(class_name) != nullptr; }
@@ -110,15 +112,11 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
     spdlog::warn("{}: scheduler class '{}' is not one lisadiff implements; reading its noise schedule with "
                  "DDPMScheduler's defaults", source, class_name);
   }
-  SchedulerConfig config = defaults_for(class_name);
-  visit_fields(config, reader);
-  reader.warn_unclaimed();
-  config.validate(source);
-  return config;
+  return read_fields(defaults_for(class_name), reader, kVisit);
 }
 
 SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path) {
-  return from_json(read_json_file(path), path.string());
+  return read_config_file<SchedulerConfig>(path);
 }
 
 void SchedulerConfig::validate(const std::string& source) const {
@@ -141,13 +139,11 @@ void SchedulerConfig::validate(const std::string& source) const {
 }
 
 Json SchedulerConfig::to_json() const {
-  FieldWriter writer;
-  writer.json()["_class_name"] = class_name;
-  visit_fields(*this, writer);
+  const Json all = write_fields(*this, {{"_class_name", class_name}}, kVisit);
   const auto* cls = find_class(class_name);
   if (!cls) cls = find_class("DDPMScheduler");
   Json out = Json::object();
-  for (const auto& [key, value] : writer.json().items()) {
+  for (const auto& [key, value] : all.items()) {
     const bool keep = key == "_class_name" ||
                       std::find(kSharedKeys.begin(), kSharedKeys.end(), key) != kSharedKeys.end() ||
                       std::find(cls->own_keys.begin(), cls->own_keys.end(), key) != cls->own_keys.end();

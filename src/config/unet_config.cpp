@@ -82,20 +82,18 @@ void visit_fields(Self& c, Visitor& v) {
   v("addition_embed_type_num_heads", c.addition_embed_type_num_heads);
 }
 
+const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+
 }  // namespace
 
 UNet2DConditionConfig UNet2DConditionConfig::from_json(const Json& json, const std::string& source) {
-  UNet2DConditionConfig config;
   FieldReader reader(json, source);
   check_class_name(reader, {"UNet2DConditionModel"});
-  visit_fields(config, reader);
-  reader.warn_unclaimed();
-  config.validate(source);
-  return config;
+  return read_fields(UNet2DConditionConfig{}, reader, kVisit);
 }
 
 UNet2DConditionConfig UNet2DConditionConfig::from_file(const std::filesystem::path& path) {
-  return from_json(read_json_file(path), path.string());
+  return read_config_file<UNet2DConditionConfig>(path);
 }
 
 void UNet2DConditionConfig::validate(const std::string& source) {
@@ -147,10 +145,7 @@ void UNet2DConditionConfig::validate(const std::string& source) {
 }
 
 Json UNet2DConditionConfig::to_json() const {
-  FieldWriter writer;
-  writer.json()["_class_name"] = "UNet2DConditionModel";
-  visit_fields(*this, writer);
-  return writer.json();
+  return write_fields(*this, {{"_class_name", "UNet2DConditionModel"}}, kVisit);
 }
 
 std::string UNet2DConditionConfig::summary() const {

@@ -30,20 +30,18 @@ void visit_fields(Self& c, Visitor& v) {
   v("mid_block_add_attention", c.mid_block_add_attention);
 }
 
+const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+
 }  // namespace
 
 AutoencoderKLConfig AutoencoderKLConfig::from_json(const Json& json, const std::string& source) {
-  AutoencoderKLConfig config;
   FieldReader reader(json, source);
   check_class_name(reader, {"AutoencoderKL"});
-  visit_fields(config, reader);
-  reader.warn_unclaimed();
-  config.validate(source);
-  return config;
+  return read_fields(AutoencoderKLConfig{}, reader, kVisit);
 }
 
 AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::filesystem::path& path) {
-  return from_json(read_json_file(path), path.string());
+  return read_config_file<AutoencoderKLConfig>(path);
 }
 
 void AutoencoderKLConfig::validate(const std::string& source) const {
@@ -69,10 +67,7 @@ void AutoencoderKLConfig::validate(const std::string& source) const {
 }
 
 Json AutoencoderKLConfig::to_json() const {
-  FieldWriter writer;
-  writer.json()["_class_name"] = "AutoencoderKL";
-  visit_fields(*this, writer);
-  return writer.json();
+  return write_fields(*this, {{"_class_name", "AutoencoderKL"}}, kVisit);
 }
 
 std::string AutoencoderKLConfig::summary() const {
