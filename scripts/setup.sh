@@ -45,7 +45,7 @@ install_apt_packages() {
   local sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # The venv is keyed by the Python version and the pins (comments in requirements.txt do not
@@ -73,7 +73,7 @@ install_venv() {
 configure() {
   local python=$1
   local cache_file="$BUILD/CMakeCache.txt"
-  if [ -f "$cache_file" ] && grep -qx "LISADIFF_PYTHON:FILEPATH=$python" "$cache_file" &&
+  if [ -f "$cache_file" ] && [ -f "$BUILD/build.ninja" ] && grep -qx "LISADIFF_PYTHON:FILEPATH=$python" "$cache_file" &&
      grep -qx "CMAKE_BUILD_TYPE:STRING=$BUILD_TYPE" "$cache_file" &&
      grep -qx "LISADIFF_CACHE_DIR:PATH=$CACHE" "$cache_file"; then
     say "CMake: configured ($BUILD)"

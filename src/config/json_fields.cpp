@@ -44,6 +44,7 @@ bool decode(const Json& value, bool& out) {
 
 bool decode(const Json& value, int& out) {
   if (!value.is_number_integer()) return false;
+  if (value.is_number_unsigned() && value.get<std::uint64_t>() > static_cast<std::uint64_t>(INT32_MAX)) return false;
   const auto v = value.get<std::int64_t>();
   if (v < INT32_MIN || v > INT32_MAX) return false;
   out = static_cast<int>(v);

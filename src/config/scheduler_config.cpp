@@ -126,14 +126,19 @@ void SchedulerConfig::validate(const std::string& source) const {
   require_one_of(source, "timestep_spacing", timestep_spacing, {"leading", "trailing", "linspace"});
   require_one_of(source, "variance_type", variance_type,
                  {"fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"});
+  // Every beta is a per-step noise variance: outside (0, 1) the alphas turn negative or zero.
+  const auto require_beta = [&](const char* key, double beta) {
+    if (!(beta > 0.0 && beta < 1.0)) field_error(source, key, fmt::format("expected a value in (0, 1), found {}", beta));
+  };
   if (!trained_betas) {
-    require_positive(source, "beta_start", beta_start);
-    require_positive(source, "beta_end", beta_end);
+    require_beta("beta_start", beta_start);
+    require_beta("beta_end", beta_end);
     if (beta_end < beta_start) {
       field_error(source, "beta_end", fmt::format("expected at least beta_start ({}), found {}", beta_start, beta_end));
     }
-  } else if (trained_betas->size() != static_cast<std::size_t>(num_train_timesteps)) {
+  } else {
     require_length(source, "trained_betas", trained_betas->size(), num_train_timesteps, "num_train_timesteps");
+    for (const double beta : *trained_betas) require_beta("trained_betas", beta);
   }
   if (steps_offset < 0) field_error(source, "steps_offset", fmt::format("expected >= 0, found {}", steps_offset));
 }

@@ -12,12 +12,12 @@ const std::vector<std::string> kDownBlocks = {"CrossAttnDownBlock2D", "DownBlock
 const std::vector<std::string> kMidBlocks = {"UNetMidBlock2DCrossAttn"};
 const std::vector<std::string> kUpBlocks = {"CrossAttnUpBlock2D", "UpBlock2D"};
 
-// Resolves an int-or-list key to one value per block, checking the list length.
+// Resolves an int-or-list key to one value per entry (per down block unless `what` says
+// otherwise), checking the list length.
 std::vector<int> per_block(const ScalarOrList<int>& value, std::size_t blocks, const std::string& source,
-                           const char* key) {
+                           const char* key, const char* what = "one per down block") {
   if (value.is_list && value.values.size() != blocks) {
-    field_error(source, key,
-                fmt::format("expected {} entries (one per down block), found {}", blocks, value.values.size()));
+    field_error(source, key, fmt::format("expected {} entries ({}), found {}", blocks, what, value.values.size()));
   }
   std::vector<int> out;
   for (std::size_t i = 0; i < blocks; ++i) {
@@ -114,7 +114,7 @@ void UNet2DConditionConfig::validate(const std::string& source) {
   require_divisible_channels(source, block_out_channels, norm_num_groups);
   if (dropout < 0.0 || dropout >= 1.0) field_error(source, "dropout", fmt::format("expected [0, 1), found {}", dropout));
   if (time_cond_proj_dim) require_positive(source, "time_cond_proj_dim", *time_cond_proj_dim);
-  if (sample_size) per_block(*sample_size, sample_size->is_list ? 2 : 1, source, "sample_size");
+  if (sample_size) per_block(*sample_size, sample_size->is_list ? 2 : 1, source, "sample_size", "height, width");
 
   num_heads = per_block(attention_head_dim, blocks, source, "attention_head_dim");
   layers = per_block(layers_per_block, blocks, source, "layers_per_block");

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <random>
 #include <string>
 
 #include "core/error.h"
@@ -15,8 +16,9 @@ namespace {
 
 std::filesystem::path temp_name_for(const std::filesystem::path& target) {
   static std::atomic<unsigned> counter{0};
-  const std::string name = "." + target.filename().string() + ".tmp." + std::to_string(getpid()) +
-                           "." + std::to_string(counter++);
+  static const auto salt = std::random_device{}();
+  const std::string name = "." + target.filename().string() + ".tmp." + std::to_string(getpid()) + "." +
+                           std::to_string(salt) + "." + std::to_string(counter++);
   return target.parent_path() / name;
 }
 
@@ -32,7 +34,8 @@ void fsync_directory(const std::filesystem::path& dir) {
 
 AtomicFileWriter::AtomicFileWriter(std::filesystem::path target)
     : target_(std::move(target)), temp_(temp_name_for(target_)) {
-  fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // O_EXCL | O_NOFOLLOW: never write through a file or link someone else put at that name.
+  fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd_ < 0) fail("cannot create temporary file");
 }
 

@@ -2,7 +2,8 @@
 // and their weights, as diffusers and transformers name them:
 //   <dir>/diffusion_pytorch_model[.<variant>].safetensors      (diffusers models)
 //   <dir>/model[.<variant>].safetensors                        (transformers models)
-//   ... or a sharded set listed in "<that name>.index.json" under "weight_map".
+//   ... or a sharded set listed under "weight_map" in "<stem>.safetensors.index.json"
+//   (with a variant: "<stem>.safetensors.index.<variant>.json").
 #pragma once
 
 #include <filesystem>
@@ -18,5 +19,9 @@ std::vector<std::filesystem::path> find_weight_files(const std::filesystem::path
                                                      const std::string& variant = "");
 
 bool is_pipeline_folder(const std::filesystem::path& path);
+
+// True for a relative path without ".." parts: names read from a pipeline's JSON files must
+// stay inside the pipeline folder.
+bool is_plain_relative(const std::filesystem::path& name);
 
 }  // namespace lisadiff::io

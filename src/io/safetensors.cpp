@@ -19,7 +19,11 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is li
 namespace lisadiff::io {
 namespace {
 
-using Json = nlohmann::ordered_json;
+// Reading parses into a plain (sorted) object: entries are ordered by data offset anyway, and
+// ordered_json's linear key lookup would make parsing quadratic in the tensor count. Writing
+// uses ordered_json, because the header lists entries in data order.
+using Json = nlohmann::json;
+using OrderedJson = nlohmann::ordered_json;
 
 struct DtypeInfo {
   Dtype dtype;
@@ -116,12 +120,16 @@ TensorEntry parse_entry(const std::filesystem::path& path, const std::string& na
     tensor_error(path, name, fmt::format("data_offsets [{}, {}] end before they begin", entry.begin, entry.end));
   }
 
-  // numel * itemsize, with overflow checks: a hostile shape must not wrap around.
+  // numel * itemsize, with overflow checks: a hostile shape must not wrap around. Zero
+  // dimensions are left out of the check, so [0, 2^62, 2^62] cannot slip through as empty.
   std::uint64_t bytes = dtype_size(entry.dtype);
+  std::uint64_t nonzero = dtype_size(entry.dtype);
   for (const auto dim : entry.shape) {
-    if (__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(dim), &bytes)) {
+    const auto d = static_cast<std::uint64_t>(dim);
+    if ((d != 0 && __builtin_mul_overflow(nonzero, d, &nonzero)) || nonzero > static_cast<std::uint64_t>(INT64_MAX)) {
       tensor_error(path, name, fmt::format("shape [{}] is too large", fmt::join(entry.shape, ", ")));
     }
+    bytes *= d;
   }
   if (bytes != entry.nbytes()) {
     tensor_error(path, name,
@@ -209,13 +217,21 @@ void SafetensorsReader::parse_header(std::uint64_t header_len) {
   if (text.empty() || text.front() != '{') {
     throw Error(path_.string(), "header must be a JSON object starting with '{'");
   }
-  // nlohmann keeps the last of two equal keys; the callback sees every top-level key.
-  std::unordered_set<std::string> seen;
+  // nlohmann stops at a NUL byte, which would hide whatever follows it in the header.
+  if (text.find('\0') != std::string_view::npos) {
+    throw Error(path_.string(), "header contains a NUL byte (padding must be spaces)");
+  }
+  // nlohmann keeps the last of two equal keys; the callback sees every key of every object,
+  // so a repeated tensor name or a repeated field inside an entry is caught.
+  std::vector<std::unordered_set<std::string>> seen;
   std::string duplicate;
   const auto on_event = [&](int depth, Json::parse_event_t event, Json& parsed) {
-    if (depth == 1 && event == Json::parse_event_t::key && duplicate.empty() &&
-        !seen.insert(parsed.get<std::string>()).second) {
-      duplicate = parsed.get<std::string>();
+    if (event == Json::parse_event_t::object_start) seen.emplace_back();
+    if (event == Json::parse_event_t::object_end && !seen.empty()) seen.pop_back();
+    if (event == Json::parse_event_t::key && duplicate.empty() && !seen.empty() &&
+        !seen.back().insert(parsed.get<std::string>()).second) {
+      const auto key = parsed.get<std::string>();
+      duplicate = depth == 1 ? tensor_key(key) : field_key(key);
     }
     return true;
   };
@@ -225,7 +241,7 @@ void SafetensorsReader::parse_header(std::uint64_t header_len) {
   } catch (const Json::exception& e) {
     throw Error(path_.string(), std::string("header is not valid JSON: ") + e.what());
   }
-  if (!duplicate.empty()) throw Error(path_.string(), tensor_key(duplicate), "name appears twice in the header");
+  if (!duplicate.empty()) throw Error(path_.string(), duplicate + " appears twice in one header object");
 
   for (const auto& item : header.items()) {
     if (item.key() == "__metadata__") {
@@ -324,7 +340,7 @@ void write_safetensors(const std::filesystem::path& path, const NamedTensors& te
     return a.dtype != b.dtype ? a.dtype > b.dtype : *a.name < *b.name;
   });
 
-  Json header = Json::object();
+  OrderedJson header = OrderedJson::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
   for (const auto& item : items) {
@@ -334,7 +350,12 @@ void write_safetensors(const std::filesystem::path& path, const NamedTensors& te
                           {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const OrderedJson::exception& e) {  // e.g. a name that is not valid UTF-8
+    throw Error(path.string(), std::string("cannot encode the header: ") + e.what());
+  }
   text.append((8 - text.size() % 8) % 8, ' ');  // the data buffer starts 8-byte aligned
 
   AtomicFileWriter out(path);

@@ -118,6 +118,10 @@ InspectReport inspect(const fs::path& path, const std::string& variant) {
   for (const auto& component : index.components) {
     ComponentReport out{component.name, component.library.value_or(""), component.class_name.value_or(""), "", {}};
     if (component.present()) {
+      if (!io::is_plain_relative(component.name)) {
+        throw Error((path / "model_index.json").string(), field_key(component.name),
+                    "a component name must be a folder inside the pipeline");
+      }
       const auto dir = path / component.name;
       if (!fs::is_directory(dir)) {
         throw Error((path / "model_index.json").string(), field_key(component.name),

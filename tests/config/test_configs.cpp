@@ -66,6 +66,11 @@ TEST(UNetConfig, WrongTypesNameFieldExpectedAndFound) {
       UNet2DConditionConfig::from_json(with(sd15_unet_original(), "down_block_types", Json::array({1, 2})), kUNet),
       "field 'down_block_types'", "expected a list of strings", "found list [1,2]");
   EXPECT_THROW_WITH(UNet2DConditionConfig::from_json(Json::array({1}), kUNet), kUNet, "expected a JSON object");
+  EXPECT_THROW_WITH(UNet2DConditionConfig::from_json(
+                        with(sd15_unet_original(), "freq_shift", Json(std::uint64_t{18446744073709551615ULL})), kUNet),
+                    "field 'freq_shift'", "expected an integer", "18446744073709551615");
+  EXPECT_THROW_WITH(UNet2DConditionConfig::from_json(with(sd15_unet_original(), "sample_size", Json::array({64})), kUNet),
+                    "field 'sample_size'", "expected 2 entries (height, width), found 1");
 }
 
 TEST(UNetConfig, UnknownBlockTypesAreErrors) {
@@ -223,6 +228,11 @@ TEST(SchedulerConfig, BadValuesAndUnknownClasses) {
                     "field 'trained_betas'", "expected 1000 entries", "found 2");
   EXPECT_THROW_WITH(SchedulerConfig::from_json(with(base, "num_train_timesteps", 0), src),
                     "field 'num_train_timesteps'", "positive");
+  EXPECT_THROW_WITH(SchedulerConfig::from_json(with(base, "beta_end", 1.5), src), "field 'beta_end'",
+                    "expected a value in (0, 1), found 1.5");
+  auto betas = with(base, "num_train_timesteps", 2);
+  betas["trained_betas"] = Json::array({0.1, -0.2});
+  EXPECT_THROW_WITH(SchedulerConfig::from_json(betas, src), "field 'trained_betas'", "found -0.2");
   const CapturedLog log;
   const auto c = SchedulerConfig::from_json({{"_class_name", "DPMSolverMultistepScheduler"}, {"beta_end", 0.012}},
                                             src);

@@ -193,6 +193,9 @@ TEST_F(SafetensorsTest, RejectsSizeThatDisagreesWithShape) {
   expect_rejected(make_file("{" + entry("w", "F32", "[4294967296,4294967296,4294967296]", 0, 8) + "}",
                             std::string(8, '\0')),
                   "tensor 'w'", "too large");
+  // A zero dimension makes the tensor empty, but the others must still fit in memory terms.
+  expect_rejected(make_file("{" + entry("w", "F32", "[0,4611686018427387904,4611686018427387904]", 0, 0) + "}", ""),
+                  "tensor 'w'", "too large");
 }
 
 TEST_F(SafetensorsTest, RejectsOverlapsGapsAndTrailingBytes) {
@@ -210,10 +213,20 @@ TEST_F(SafetensorsTest, RejectsOverlapsGapsAndTrailingBytes) {
                   "truncated", "which has");
 }
 
-TEST_F(SafetensorsTest, RejectsDuplicateNames) {
+TEST_F(SafetensorsTest, RejectsDuplicateNamesAndFields) {
   expect_rejected(make_file("{" + entry("a", "F32", "[2]", 0, 8) + "," + entry("a", "F32", "[2]", 8, 16) + "}",
                             std::string(16, '\0')),
-                  "tensor 'a'", "appears twice");
+                  "tensor 'a' appears twice");
+  expect_rejected(make_file("{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}",
+                            std::string(4, '\0')),
+                  "field 'dtype' appears twice");
+}
+
+TEST_F(SafetensorsTest, RejectsNulBytesInTheHeader) {
+  std::string header = "{" + entry("a", "F32", "[2]", 0, 8) + "}";
+  header += std::string(8 - header.size() % 8, '\0');  // NUL padding instead of spaces
+  const std::uint64_t n = header.size();
+  expect_rejected(std::string(reinterpret_cast<const char*>(&n), 8) + header + std::string(8, '\0'), "NUL byte");
 }
 
 TEST_F(SafetensorsTest, AcceptsScalarsAndEmptyTensors) {
@@ -240,6 +253,7 @@ TEST_F(SafetensorsTest, WriterRejectsBadInputAndKeepsThePreviousFile) {
   EXPECT_THROW_WITH(write_safetensors(path, {{"u", torch::Tensor()}}), "tensor 'u'", "undefined");
   EXPECT_THROW_WITH(write_safetensors(path, {{"c", torch::zeros({1}, torch::kComplexDouble)}}), "tensor 'c'",
                     "cannot be stored");
+  EXPECT_THROW_WITH(write_safetensors(path, {{"bad\xff", torch::ones({1})}}), path.string(), "cannot encode");
   EXPECT_EQ(read_file(path), before);
   std::size_t files = 0;
   for ([[maybe_unused]] const auto& f : std::filesystem::directory_iterator(dir_.path())) ++files;

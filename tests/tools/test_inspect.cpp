@@ -137,7 +137,35 @@ TEST_F(BrokenPipeline, PickleOnlyWeightsAreRefusedWithAHint) {
 }
 
 TEST_F(BrokenPipeline, MissingVariantIsNamed) {
-  EXPECT_THROW_WITH(inspect(root_, "fp16"), "variant 'fp16'", "diffusion_pytorch_model.fp16.safetensors");
+  // text_encoder is the first component with weights in model_index.json order.
+  EXPECT_THROW_WITH(inspect(root_, "fp16"), "text_encoder", "no weights for variant 'fp16'",
+                    "looked for model.fp16.safetensors", "found model.safetensors");
+}
+
+TEST_F(BrokenPipeline, VariantOnlyWeightsAskForTheVariant) {
+  fs::rename(root_ / "vae/diffusion_pytorch_model.safetensors", root_ / "vae/diffusion_pytorch_model.fp16.safetensors");
+  EXPECT_THROW_WITH(inspect(root_), "diffusion_pytorch_model.fp16.safetensors", "--variant", "fp16");
+}
+
+TEST_F(BrokenPipeline, NamesFromJsonMustStayInsideThePipeline) {
+  auto index = read_json(root_ / "model_index.json");
+  index["../outside"] = {"diffusers", "UNet2DConditionModel"};
+  std::ofstream(root_ / "model_index.json") << index.dump();
+  EXPECT_THROW_WITH(inspect(root_), "model_index.json", "field '../outside'", "inside the pipeline");
+}
+
+TEST_F(BrokenPipeline, ShardedVariantIndexUsesDiffusersNaming) {
+  const auto unet = root_ / "unet";
+  fs::rename(unet / "diffusion_pytorch_model.safetensors", unet / "diffusion_pytorch_model-00001-of-00001.fp16.safetensors");
+  nlohmann::json index = {{"weight_map", {{"conv_in.weight", "diffusion_pytorch_model-00001-of-00001.fp16.safetensors"}}}};
+  std::ofstream(unet / "diffusion_pytorch_model.safetensors.index.fp16.json") << index.dump();
+  for (const char* part : {"vae/diffusion_pytorch_model", "text_encoder/model"}) {
+    fs::rename(root_ / (std::string(part) + ".safetensors"), root_ / (std::string(part) + ".fp16.safetensors"));
+  }
+  EXPECT_EQ(component(inspect(root_, "fp16"), "unet").weights->files.size(), 1u);
+  index["weight_map"]["x"] = "../../etc/passwd";
+  std::ofstream(unet / "diffusion_pytorch_model.safetensors.index.fp16.json") << index.dump();
+  EXPECT_THROW_WITH(inspect(root_, "fp16"), "index.fp16.json", "tensor 'x'", "inside the folder");
 }
 
 TEST_F(BrokenPipeline, ShardedWeightsAreFollowed) {
