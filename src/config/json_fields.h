@@ -160,7 +160,6 @@ class FieldWriter {
     json_[key] = encode(field);
   }
   void fixed(const char* key, const Json& supported) { json_[key] = supported; }
-  void ignored(const char*) {}
   Json& json() { return json_; }
 
  private:
