@@ -79,6 +79,20 @@ Json weights_json(const WeightsSummary& w) {
           {"first_tensor", w.first_tensor}, {"last_tensor", w.last_tensor}, {"metadata", w.metadata}};
 }
 
+// Sums of every component's weights (tensors, parameters, elements, bytes, dtype counts).
+WeightsSummary totals(const InspectReport& report) {
+  WeightsSummary total;
+  for (const auto& c : report.components) {
+    if (!c.weights) continue;
+    total.tensors += c.weights->tensors;
+    total.parameters += c.weights->parameters;
+    total.elements += c.weights->elements;
+    total.bytes += c.weights->bytes;
+    for (const auto& [dtype, count] : c.weights->dtypes) total.dtypes[dtype] += count;
+  }
+  return total;
+}
+
 }  // namespace
 
 WeightsSummary summarize_weights(const std::vector<fs::path>& files) {
@@ -143,20 +157,14 @@ Json to_json(const InspectReport& report) {
   out["pipeline_class"] = report.pipeline_class;
   out["diffusers_version"] = report.diffusers_version;
   Json components = Json::array();
-  std::int64_t tensors = 0, parameters = 0;
-  std::uint64_t bytes = 0;
   for (const auto& c : report.components) {
     Json item = {{"name", c.name}, {"library", c.library}, {"class", c.class_name}, {"config", c.config}};
-    if (c.weights) {
-      item["weights"] = weights_json(*c.weights);
-      tensors += c.weights->tensors;
-      parameters += c.weights->parameters;
-      bytes += c.weights->bytes;
-    }
+    if (c.weights) item["weights"] = weights_json(*c.weights);
     components.push_back(std::move(item));
   }
   out["components"] = std::move(components);
-  out["totals"] = {{"tensors", tensors}, {"parameters", parameters}, {"bytes", bytes}};
+  const auto total = totals(report);
+  out["totals"] = {{"tensors", total.tensors}, {"parameters", total.parameters}, {"bytes", total.bytes}};
   return out;
 }
 
@@ -184,16 +192,10 @@ std::string to_text(const InspectReport& report) {
                      report.diffusers_version.empty() ? "?" : report.diffusers_version);
   out += fmt::format("{:<19}{:<24}{:>9}{:>14}{:>14}  {}\n", "component", "class", "tensors", "parameters", "bytes",
                      "dtypes");
-  WeightsSummary total;
   for (const auto& c : report.components) {
     row(c.name, c.class_name.empty() ? "(none)" : c.class_name, c.weights ? &*c.weights : nullptr);
-    if (c.weights) {
-      total.tensors += c.weights->tensors;
-      total.parameters += c.weights->parameters;
-      total.bytes += c.weights->bytes;
-      for (const auto& [dtype, count] : c.weights->dtypes) total.dtypes[dtype] += count;
-    }
   }
+  const auto total = totals(report);
   row("total", "", &total);
   out += "\n";
   for (const auto& c : report.components) details(c.name, c.config, c.weights ? &*c.weights : nullptr);
