@@ -369,6 +369,159 @@ def write_defaults(path: Path) -> None:
     path.write_text(json.dumps(defaults, indent=1, sort_keys=True) + "\n")
 
 
+# --------------------------------------------------------------------------------------
+# Model parity fixtures: stored inputs, outputs and the gradient of a fixed scalar loss for
+# every named parameter, computed by diffusers/transformers in float32 on the CPU. The loss
+# is sum(output * probe) with a stored random probe, so every gradient is non-trivial.
+
+# Model-only folders (config.json + weights) for features the committed pipelines lack:
+# InstructPix2Pix's 8 input channels with LCM's guidance embedding, SD2's linear
+# projections and per-block heads; and a CLIP text encoder with SD1.5's stale eos id 2.
+MODEL_FOLDERS = {
+    "unet-ip2p-lcm": ("unet", dict(MICRO_UNET, in_channels=8, time_cond_proj_dim=32, use_linear_projection=True,
+                                   attention_head_dim=(2, 4), layers_per_block=2)),
+    "clip-eos2": ("clip", dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=16, intermediate_size=24, num_attention_heads=2,
+                               num_hidden_layers=2, bos_token_id=0, eos_token_id=2, pad_token_id=1)),
+}
+
+
+def write_model_folders(folder: Path, seed: int) -> dict:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = {}
+    for k, (name, (kind, cfg)) in enumerate(sorted(MODEL_FOLDERS.items())):
+        torch.manual_seed(seed + 10 + k)
+        model = UNet2DConditionModel(**cfg) if kind == "unet" else CLIPTextModel(CLIPTextConfig(**cfg))
+        target = folder / name
+        if target.exists():
+            shutil.rmtree(target)
+        model.save_pretrained(target, safe_serialization=True)
+        out[name] = component_counts(model)
+    return out
+
+
+def grads_of(model, loss) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {f"grad.{n}": p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def save_case(path: Path, tensors: dict[str, torch.Tensor], note: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt", "note": note})
+
+
+def unet_case(unet_dir: Path, path: Path, seed: int, shape: tuple[int, ...], with_cond: bool) -> None:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(unet_dir).train()
+    g = torch.Generator().manual_seed(seed)
+    b = shape[0]
+    t = {
+        "input.sample": torch.randn(shape, generator=g),
+        "input.timesteps": torch.tensor([10, 999, 500, 1][:b], dtype=torch.int64),
+        "input.encoder_hidden_states": torch.randn(b, 7, unet.config.cross_attention_dim, generator=g),
+    }
+    kwargs = {}
+    if with_cond:
+        w = torch.tensor([1.5, 7.0, 3.0, 12.0][:b])
+        t["input.guidance"] = w
+        # The distillation script's guidance_scale_embedding (LCM's w embedding).
+        half = unet.config.time_cond_proj_dim // 2
+        c = torch.log(torch.tensor(10000.0)) / (half - 1)
+        f = torch.exp(torch.arange(half, dtype=torch.float32) * -c)
+        e = (w * 1000.0)[:, None] * f[None, :]
+        t["input.timestep_cond"] = torch.cat([torch.sin(e), torch.cos(e)], dim=1)
+        kwargs["timestep_cond"] = t["input.timestep_cond"]
+    out = unet(t["input.sample"], t["input.timesteps"], t["input.encoder_hidden_states"], **kwargs).sample
+    t["output.sample"] = out.detach()
+    t["probe"] = torch.randn(out.shape, generator=g)
+    t.update(grads_of(unet, (out * t["probe"]).sum()))
+    save_case(path, t, f"UNet2DConditionModel from {unet_dir.name}, train mode, loss = sum(sample * probe)")
+
+
+def vae_case(vae_dir: Path, path: Path, seed: int) -> None:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir).train()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 3, 32, 24, generator=g) * 2 - 1
+    post = vae.encode(x).latent_dist
+    noise = torch.randn(post.mean.shape, generator=g)
+    z = post.mean + post.std * noise  # DiagonalGaussian.sample with the noise stored
+    image = vae.decode(z).sample
+    t = {"input.image": x, "input.noise": noise, "output.mean": post.mean.detach(), "output.logvar": post.logvar.detach(),
+         "output.kl": post.kl().detach(), "output.decoded": image.detach()}
+    t["probe"] = torch.randn(image.shape, generator=g)
+    t.update(grads_of(vae, (image * t["probe"]).sum() + post.kl().sum()))
+    save_case(path, t, f"AutoencoderKL from {vae_dir.name}: encode, sample with input.noise, decode; "
+                       "loss = sum(decoded * probe) + sum(kl)")
+
+
+def clip_case(te_dir: Path, tok_dir: Path, path: Path, seed: int) -> None:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = CLIPTextModel.from_pretrained(te_dir).train()
+    tok = CLIPTokenizer.from_pretrained(tok_dir)
+    prompts = ["a photo of a cat", "a red circle on a blue background, highly detailed", ""]
+    ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    short = tok(prompts[:2], padding=True, return_tensors="pt")
+    g = torch.Generator().manual_seed(seed)
+    out = model(ids, output_hidden_states=True)
+    masked = model(short.input_ids, attention_mask=short.attention_mask)
+    t = {"input.ids": ids, "input.short_ids": short.input_ids, "input.short_mask": short.attention_mask,
+         "output.last_hidden_state": out.last_hidden_state.detach(), "output.pooled": out.pooler_output.detach(),
+         "output.penultimate": out.hidden_states[-2].detach(),
+         "output.masked_last_hidden_state": masked.last_hidden_state.detach(),
+         "output.masked_pooled": masked.pooler_output.detach()}
+    t["probe"] = torch.randn(out.last_hidden_state.shape, generator=g)
+    t["probe_pooled"] = torch.randn(out.pooler_output.shape, generator=g)
+    loss = (out.last_hidden_state * t["probe"]).sum() + (out.pooler_output * t["probe_pooled"]).sum()
+    t.update(grads_of(model, loss))
+    save_case(path, t, f"CLIPTextModel from {te_dir.name}; loss = sum(last_hidden_state * probe) + "
+                       "sum(pooled * probe_pooled)")
+
+
+def write_key_orders(path: Path, seed: int) -> None:
+    """named_parameters() order of every preset's components (meta device: no memory)."""
+    orders = {}
+    for name, preset in PRESETS.items():
+        components, _ = build_components(preset, seed, device="meta")
+        for comp in ("unet", "vae", "text_encoder"):
+            model = components[comp]
+            orders[f"{name}/{comp}"] = [[n, list(p.shape)] for n, p in model.named_parameters()]
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        for name, (kind, cfg) in sorted(MODEL_FOLDERS.items()):
+            model = UNet2DConditionModel(**cfg) if kind == "unet" else CLIPTextModel(CLIPTextConfig(**cfg))
+            orders[name] = [[n, list(p.shape)] for n, p in model.named_parameters()]
+    path.write_text(json.dumps(orders, separators=(",", ":")) + "\n")
+
+
+def write_model_fixtures(fixtures: Path, seed: int) -> dict:
+    folder = fixtures / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = write_model_folders(folder, seed)
+    write_key_orders(folder / "parameter_order.json", seed)
+    pipes = fixtures / "pipelines"
+    unet_case(pipes / "micro-sd" / "unet", folder / "case-unet-micro.safetensors", seed + 100, (2, 4, 16, 16), False)
+    # Odd sizes: the up blocks interpolate to the skip sizes (upsample_size).
+    unet_case(pipes / "micro-sd" / "unet", folder / "case-unet-micro-odd.safetensors", seed + 101, (1, 4, 9, 14), False)
+    unet_case(pipes / "lcm-micro" / "unet", folder / "case-unet-lcm.safetensors", seed + 102, (2, 4, 16, 16), True)
+    unet_case(folder / "unet-ip2p-lcm", folder / "case-unet-ip2p-lcm.safetensors", seed + 103, (2, 8, 16, 16), True)
+    vae_case(pipes / "micro-sd" / "vae", folder / "case-vae-micro.safetensors", seed + 104)
+    clip_case(pipes / "micro-sd" / "text_encoder", pipes / "micro-sd" / "tokenizer",
+              folder / "case-clip-micro.safetensors", seed + 105)
+    clip_case(pipes / "lcm-micro" / "text_encoder", pipes / "lcm-micro" / "tokenizer",
+              folder / "case-clip-lcm.safetensors", seed + 106)
+    clip_case(folder / "clip-eos2", pipes / "micro-sd" / "tokenizer", folder / "case-clip-eos2.safetensors", seed + 107)
+    return counts
+
+
 def versions() -> dict:
     import diffusers
     import numpy
@@ -398,6 +551,7 @@ def regenerate_all(fixtures: Path, seed: int) -> None:
         manifest["pipelines"][name] = {"path": where, "weights_committed": preset["committed"], "components": counts}
         print(f"{name}: {where}", {k: (v['tensors'], v['parameters']) for k, v in counts.items()})
     write_safetensors_fixtures(fixtures / "safetensors")
+    manifest["model_folders"] = write_model_fixtures(fixtures, seed)
     write_defaults(fixtures / "diffusers_defaults.json")
     (fixtures / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 

@@ -61,6 +61,29 @@ nlohmann::ordered_json read_json(const std::filesystem::path& path) {
   return nlohmann::ordered_json::parse(read_file(path));
 }
 
+::testing::AssertionResult close_tensor(const std::string& what, const torch::Tensor& actual,
+                                        const torch::Tensor& expected, double atol, double rtol) {
+  if (!actual.defined() || !expected.defined()) return ::testing::AssertionFailure() << what << ": undefined tensor";
+  if (actual.sizes() != expected.sizes()) {
+    return ::testing::AssertionFailure() << what << ": shape " << actual.sizes() << " vs expected " << expected.sizes();
+  }
+  const auto a = actual.detach().to(torch::kCPU, torch::kDouble).flatten();
+  const auto b = expected.detach().to(torch::kCPU, torch::kDouble).flatten();
+  if (a.numel() == 0) return ::testing::AssertionSuccess();
+  const auto diff = (a - b).abs();
+  const auto excess = diff - (atol + rtol * b.abs());
+  const auto worst = excess.argmax().item<int64_t>();
+  const double max_abs = diff.max().item<double>();
+  const double max_rel = (diff / b.abs().clamp_min(1e-30)).max().item<double>();
+  if (excess[worst].item<double>() > 0 || !torch::isfinite(a).all().item<bool>()) {
+    return ::testing::AssertionFailure()
+           << what << ": max abs error " << max_abs << ", max rel error " << max_rel << "; worst at flat index " << worst
+           << " of shape " << actual.sizes() << ": " << a[worst].item<double>() << " vs expected "
+           << b[worst].item<double>() << " (atol " << atol << ", rtol " << rtol << ")";
+  }
+  return ::testing::AssertionSuccess() << what << ": max abs error " << max_abs << ", max rel error " << max_rel;
+}
+
 ::testing::AssertionResult same_tensor(const torch::Tensor& a, const torch::Tensor& b) {
   if (a.scalar_type() != b.scalar_type()) {
     return ::testing::AssertionFailure() << "dtype " << a.scalar_type() << " vs " << b.scalar_type();

@@ -39,6 +39,10 @@ nlohmann::ordered_json read_json(const std::filesystem::path& path);
 
 // Same dtype, same shape and the same bytes (works for every dtype, float8 and uint included).
 ::testing::AssertionResult same_tensor(const torch::Tensor& a, const torch::Tensor& b);
+// Equal within |a - b| <= atol + rtol * |b| everywhere. A failure names `what` and reports
+// the max abs and max relative error, the worst index and both values there.
+::testing::AssertionResult close_tensor(const std::string& what, const torch::Tensor& actual,
+                                        const torch::Tensor& expected, double atol, double rtol);
 
 // Everything spdlog logs while the object lives, instead of stderr.
 class CapturedLog {

@@ -1,0 +1,286 @@
+#include "models/blocks.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "models/checkpoint.h"
+
+namespace lisadiff::models {
+
+namespace nn = torch::nn;
+namespace F = torch::nn::functional;
+
+torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos,
+                                 double downscale_freq_shift, double scale, double max_period) {
+  TORCH_CHECK(timesteps.dim() == 1, "timesteps must be 1-D, got ", timesteps.sizes());
+  const int64_t half = dim / 2;
+  // Same operations in the same order as diffusers, for bit parity.
+  auto exponent = torch::arange(0, half, torch::dtype(torch::kFloat32).device(timesteps.device())) *
+                  (-std::log(max_period));
+  exponent = exponent / (static_cast<double>(half) - downscale_freq_shift);
+  auto emb = torch::exp(exponent);
+  emb = timesteps.unsqueeze(1).to(torch::kFloat32) * emb.unsqueeze(0);
+  emb = emb * scale;
+  emb = torch::cat({torch::sin(emb), torch::cos(emb)}, -1);
+  if (flip_sin_to_cos) emb = torch::cat({emb.slice(1, half), emb.slice(1, 0, half)}, -1);
+  if (dim % 2 == 1) emb = F::pad(emb, F::PadFuncOptions({0, 1, 0, 0}));
+  return emb;
+}
+
+torch::Tensor guidance_scale_embedding(const torch::Tensor& w, int64_t dim, torch::Dtype dtype) {
+  TORCH_CHECK(w.dim() == 1, "guidance scales must be 1-D, got ", w.sizes());
+  const int64_t half = dim / 2;
+  auto ws = w * 1000.0;
+  auto c = torch::log(torch::tensor(10000.0, torch::dtype(torch::kFloat32))) / (half - 1);
+  auto f = torch::exp(torch::arange(half, torch::dtype(dtype)) * -c).to(w.device());
+  auto emb = ws.to(dtype).unsqueeze(1) * f.unsqueeze(0);
+  emb = torch::cat({torch::sin(emb), torch::cos(emb)}, 1);
+  if (dim % 2 == 1) emb = F::pad(emb, F::PadFuncOptions({0, 1}));
+  return emb;
+}
+
+torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
+  if (name == "silu" || name == "swish") return torch::silu(x);
+  if (name == "gelu") return torch::gelu(x);
+  if (name == "mish") return torch::mish(x);
+  if (name == "relu") return torch::relu(x);
+  throw Error("unsupported activation function '" + name + "'");
+}
+
+namespace {
+
+nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride = 1, int64_t padding = 0) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(padding));
+}
+
+nn::GroupNorm group_norm(int64_t groups, int64_t channels, double eps) {
+  return nn::GroupNorm(nn::GroupNormOptions(groups, channels).eps(eps));
+}
+
+nn::LayerNorm layer_norm(int64_t dim, double eps) {
+  return nn::LayerNorm(nn::LayerNormOptions({dim}).eps(eps));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options(o) {
+  const int64_t in = o.in_channels, out = o.out_channels;
+  norm1 = register_module("norm1", group_norm(o.groups, in, o.eps));
+  conv1 = register_module("conv1", conv(in, out, 3, 1, 1));
+  if (o.temb_channels > 0) time_emb_proj = register_module("time_emb_proj", nn::Linear(o.temb_channels, out));
+  norm2 = register_module("norm2", group_norm(o.groups, out, o.eps));
+  dropout = register_module("dropout", nn::Dropout(o.dropout));
+  conv2 = register_module("conv2", conv(out, out, 3, 1, 1));
+  if (in != out) conv_shortcut = register_module("conv_shortcut", conv(in, out, 1));
+}
+
+torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
+  auto h = activation(options.act, norm1(x));
+  h = conv1(h);
+  if (time_emb_proj && temb.defined()) {
+    auto t = time_emb_proj(activation(options.act, temb));
+    h = h + t.unsqueeze(-1).unsqueeze(-1);
+  }
+  h = activation(options.act, norm2(h));
+  h = dropout(h);
+  h = conv2(h);
+  auto shortcut = conv_shortcut ? conv_shortcut(x) : x;
+  auto out = shortcut + h;
+  if (options.output_scale_factor != 1.0) out = out / options.output_scale_factor;
+  return out;
+}
+
+Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t pad) : padding(pad) {
+  conv = register_module("conv", models::conv(channels, channels, 3, 2, pad));
+}
+
+torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
+  if (padding == 0) return conv(F::pad(x, F::PadFuncOptions({0, 1, 0, 1}).mode(torch::kConstant).value(0)));
+  return conv(x);
+}
+
+Upsample2DImpl::Upsample2DImpl(int64_t channels) {
+  conv = register_module("conv", models::conv(channels, channels, 3, 1, 1));
+}
+
+torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, std::optional<std::vector<int64_t>> output_size) {
+  torch::Tensor h;
+  if (output_size) {
+    h = at::upsample_nearest2d(x, *output_size);
+  } else {
+    h = at::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2}, 2.0, 2.0);
+  }
+  return conv(h);
+}
+
+// ---------------------------------------------------------------------------------------
+
+AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
+  const int64_t inner = o.heads * o.dim_head;
+  const int64_t kv = o.cross_attention_dim > 0 ? o.cross_attention_dim : o.query_dim;
+  if (o.norm_num_groups > 0) group_norm = register_module("group_norm", models::group_norm(o.norm_num_groups, o.query_dim, o.eps));
+  to_q = register_module("to_q", nn::Linear(nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
+  to_k = register_module("to_k", nn::Linear(nn::LinearOptions(kv, inner).bias(o.bias)));
+  to_v = register_module("to_v", nn::Linear(nn::LinearOptions(kv, inner).bias(o.bias)));
+  out_proj = nn::Linear(nn::LinearOptions(inner, o.query_dim).bias(o.out_bias));
+  out_dropout = nn::Dropout(o.dropout);
+  to_out->push_back(out_proj);
+  to_out->push_back(out_dropout);
+  to_out = register_module("to_out", to_out);
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
+  auto h = x;
+  const bool spatial = x.dim() == 4;
+  int64_t B = x.size(0), C = 0, H = 0, W = 0;
+  if (spatial) {
+    C = x.size(1), H = x.size(2), W = x.size(3);
+    h = x.view({B, C, H * W}).transpose(1, 2);
+  }
+  if (group_norm) h = group_norm(h.transpose(1, 2)).transpose(1, 2);
+  auto q = to_q(h);
+  const auto& ctx = context.defined() ? context : h;
+  auto k = to_k(ctx);
+  auto v = to_v(ctx);
+  const int64_t heads = options.heads, d = k.size(-1) / heads;
+  q = q.view({B, -1, heads, d}).transpose(1, 2);
+  k = k.view({B, -1, heads, d}).transpose(1, 2);
+  v = v.view({B, -1, heads, d}).transpose(1, 2);
+  auto o = at::scaled_dot_product_attention(q, k, v);
+  o = o.transpose(1, 2).reshape({B, -1, heads * d}).to(q.scalar_type());
+  o = out_dropout(out_proj(o));
+  if (spatial) o = o.transpose(-1, -2).reshape({B, C, H, W});
+  if (options.residual_connection) o = o + x;
+  if (options.rescale_output_factor != 1.0) o = o / options.rescale_output_factor;
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+// GEGLU: a module with one child `proj`, so that the key is net.0.proj.*. FeedForward runs
+// it: value = first half of proj(x), gate = second half, value * gelu_erf(gate).
+class GEGLUImpl : public nn::Module {
+ public:
+  GEGLUImpl(int64_t dim_in, int64_t dim_out) { proj = register_module("proj", nn::Linear(dim_in, 2 * dim_out)); }
+  nn::Linear proj{nullptr};
+};
+TORCH_MODULE(GEGLU);
+
+}  // namespace
+
+FeedForwardImpl::FeedForwardImpl(int64_t dim, double dropout) {
+  const int64_t inner = 4 * dim;
+  GEGLU geglu(dim, inner);
+  proj = geglu->proj;
+  drop = nn::Dropout(dropout);
+  out = nn::Linear(inner, dim);
+  net->push_back(geglu);
+  net->push_back(drop);
+  net->push_back(out);
+  net = register_module("net", net);
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  auto parts = proj(x).chunk(2, -1);
+  return out(drop(parts[0] * torch::gelu(parts[1])));
+}
+
+BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t dim_head,
+                                                     int64_t cross_attention_dim, double dropout) {
+  AttentionOptions self{dim, 0, heads, dim_head};
+  self.dropout = dropout;
+  AttentionOptions cross = self;
+  cross.cross_attention_dim = cross_attention_dim;
+  norm1 = register_module("norm1", layer_norm(dim, 1e-5));
+  attn1 = register_module("attn1", Attention(self));
+  norm2 = register_module("norm2", layer_norm(dim, 1e-5));
+  attn2 = register_module("attn2", Attention(cross));
+  norm3 = register_module("norm3", layer_norm(dim, 1e-5));
+  ff = register_module("ff", FeedForward(dim, dropout));
+}
+
+torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
+  auto h = attn1(norm1(x)) + x;
+  h = attn2(norm2(h), context) + h;
+  return ff(norm3(h)) + h;
+}
+
+Transformer2DModelImpl::Transformer2DModelImpl(const TransformerOptions& o) : options(o) {
+  const int64_t C = o.channels, heads = o.heads, d = C / heads, inner = heads * d;
+  norm = register_module("norm", group_norm(o.norm_num_groups, C, 1e-6));
+  if (o.use_linear_projection) {
+    proj_in = nn::AnyModule(nn::Linear(C, inner));
+  } else {
+    proj_in = nn::AnyModule(conv(C, inner, 1));
+  }
+  register_module("proj_in", proj_in.ptr());
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    blocks.push_back(BasicTransformerBlock(inner, heads, d, o.cross_attention_dim, o.dropout));
+    transformer_blocks->push_back(blocks.back());
+  }
+  transformer_blocks = register_module("transformer_blocks", transformer_blocks);
+  if (o.use_linear_projection) {
+    proj_out = nn::AnyModule(nn::Linear(inner, C));
+  } else {
+    proj_out = nn::AnyModule(conv(inner, C, 1));
+  }
+  register_module("proj_out", proj_out.ptr());
+}
+
+torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  auto h = norm(x);
+  int64_t inner = 0;
+  if (!options.use_linear_projection) {
+    h = proj_in.forward(h);
+    inner = h.size(1);
+    h = h.permute({0, 2, 3, 1}).reshape({B, H * W, inner});
+  } else {
+    inner = h.size(1);
+    h = h.permute({0, 2, 3, 1}).reshape({B, H * W, inner});
+    h = proj_in.forward(h);
+  }
+  for (auto& block : blocks) {
+    if (gradient_checkpointing && is_training()) {
+      auto b = block.ptr();
+      h = checkpoint1(*b, [b](const TensorList& in) { return b->forward(in[0], in[1]); }, {h, context});
+    } else {
+      h = block->forward(h, context);
+    }
+  }
+  if (!options.use_linear_projection) {
+    h = h.reshape({B, H, W, inner}).permute({0, 3, 1, 2}).contiguous();
+    h = proj_out.forward(h);
+  } else {
+    h = proj_out.forward(h);
+    h = h.reshape({B, H, W, inner}).permute({0, 3, 1, 2}).contiguous();
+  }
+  return h + x;
+}
+
+TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim, int64_t cond_proj_dim,
+                                             std::string act_fn)
+    : act(std::move(act_fn)) {
+  linear_1 = register_module("linear_1", nn::Linear(in_channels, time_embed_dim));
+  if (cond_proj_dim > 0) {
+    cond_proj = register_module("cond_proj", nn::Linear(nn::LinearOptions(cond_proj_dim, in_channels).bias(false)));
+  }
+  linear_2 = register_module("linear_2", nn::Linear(time_embed_dim, time_embed_dim));
+}
+
+torch::Tensor TimestepEmbeddingImpl::forward(const torch::Tensor& sample, const torch::Tensor& condition) {
+  auto s = sample;
+  if (condition.defined()) {
+    TORCH_CHECK(cond_proj, "a timestep condition was given, but the model has no time_cond_proj_dim");
+    s = s + cond_proj(condition);
+  }
+  s = linear_1(s);
+  s = activation(act, s);
+  return linear_2(s);
+}
+
+}  // namespace lisadiff::models
