@@ -11,5 +11,6 @@ namespace lisadiff::cli {
 using CommandRunner = std::function<int()>;
 
 CommandRunner add_inspect(CLI::App& app);
+CommandRunner add_init_pipeline(CLI::App& app);
 
 }  // namespace lisadiff::cli

@@ -130,9 +130,9 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, const 
   return out;
 }
 
-std::vector<std::string> CLIPTextModelImpl::top_level_blocks() const {
+std::vector<std::string> clip_top_level_blocks(const CLIPTextConfig& c) {
   std::vector<std::string> out = {"text_model.embeddings"};
-  for (std::size_t i = 0; i < layers.size(); ++i) out.push_back("text_model.encoder.layers." + std::to_string(i));
+  for (int i = 0; i < c.num_hidden_layers; ++i) out.push_back("text_model.encoder.layers." + std::to_string(i));
   out.push_back("text_model.final_layer_norm");
   return out;
 }
@@ -172,22 +172,39 @@ CLIPTextModel load_clip_text(const std::filesystem::path& dir, const LoadOptions
 }
 
 void init_clip_text_weights(CLIPTextModelImpl& model) {
+  // transformers applies _init_weights to every module in post-order (children first): the
+  // generic rule (Linear/Embedding weight ~ N(0, initializer_range), bias 0, LayerNorm 1/0),
+  // then the CLIP rule of the parent re-draws its children's weights. Drawing in that same
+  // sequence after the default construction reproduces transformers' weights bit for bit.
   torch::NoGradGuard no_grad;
   const auto& c = model.config;
-  const double f = c.initializer_factor;
+  const double f = c.initializer_factor, r = c.initializer_range;
   const double H = c.hidden_size, L = c.num_hidden_layers;
-  model.token_embedding->weight.normal_(0.0, 0.02 * f);
-  model.position_embedding->weight.normal_(0.0, 0.02 * f);
   const double in_std = std::pow(H, -0.5) * std::pow(2 * L, -0.5) * f;
+  const double out_std = std::pow(H, -0.5) * f;
+  const double fc_std = std::pow(2 * H, -0.5) * f;
+  auto& tok = model.token_embedding->weight;
+  auto& pos = model.position_embedding->weight;
+  tok.normal_(0.0, r);
+  pos.normal_(0.0, r);
+  tok.normal_(0.0, 0.02 * f);
+  pos.normal_(0.0, 0.02 * f);
   for (auto& layer : model.layers) {
     auto& a = *layer->self_attn;
+    for (auto* lin : {&a.k_proj, &a.v_proj, &a.q_proj, &a.out_proj}) {
+      (*lin)->weight.normal_(0.0, r);
+      (*lin)->bias.zero_();
+    }
     a.q_proj->weight.normal_(0.0, in_std);
     a.k_proj->weight.normal_(0.0, in_std);
     a.v_proj->weight.normal_(0.0, in_std);
-    a.out_proj->weight.normal_(0.0, std::pow(H, -0.5) * f);
-    layer->fc1->weight.normal_(0.0, std::pow(2 * H, -0.5) * f);
+    a.out_proj->weight.normal_(0.0, out_std);
+    for (auto* lin : {&layer->fc1, &layer->fc2}) {
+      (*lin)->weight.normal_(0.0, r);
+      (*lin)->bias.zero_();
+    }
+    layer->fc1->weight.normal_(0.0, fc_std);
     layer->fc2->weight.normal_(0.0, in_std);
-    for (auto* lin : {&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &layer->fc1, &layer->fc2}) (*lin)->bias.zero_();
   }
   for (auto& item : model.named_modules()) {
     if (auto* ln = item.value()->as<nn::LayerNorm>()) {

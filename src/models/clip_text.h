@@ -59,7 +59,6 @@ class CLIPTextModelImpl : public torch::nn::Module {
                          bool output_hidden_states = false);
 
   void set_gradient_checkpointing(bool on) { gradient_checkpointing = on; }
-  std::vector<std::string> top_level_blocks() const;
 
   config::CLIPTextConfig config;
   bool gradient_checkpointing = false;  // checkpoint each encoder layer while training
@@ -68,6 +67,9 @@ class CLIPTextModelImpl : public torch::nn::Module {
   torch::nn::LayerNorm final_layer_norm{nullptr};
 };
 TORCH_MODULE(CLIPTextModel);
+
+// The top-level parts in registration order (text_model.embeddings, ...encoder.layers.N, ...).
+std::vector<std::string> clip_top_level_blocks(const config::CLIPTextConfig& config);
 
 // True for the keys a CLIP text file may hold besides parameters (position_ids).
 bool clip_ignored_key(const std::string& key);
@@ -81,7 +83,8 @@ std::optional<std::string> clip_key_alias(const std::string& file_key);
 CLIPTextModel load_clip_text(const std::filesystem::path& dir, const LoadOptions& options = {},
                              const std::string& variant = "");
 
-// transformers' CLIPTextModel initialisation (_init_weights), for init-pipeline.
+// transformers' CLIPTextModel initialisation (_init_weights), for init-pipeline. Called right
+// after construction under the same seed, it gives transformers' weights bit for bit.
 void init_clip_text_weights(CLIPTextModelImpl& model);
 
 }  // namespace lisadiff::models

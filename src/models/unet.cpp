@@ -190,10 +190,10 @@ void UNet2DConditionModelImpl::set_gradient_checkpointing(bool on) {
   for (auto& b : ups) b->set_gradient_checkpointing(on);
 }
 
-std::vector<std::string> UNet2DConditionModelImpl::top_level_blocks() const {
+std::vector<std::string> unet_top_level_blocks(const UNet2DConditionConfig& c) {
   std::vector<std::string> out = {"conv_in", "time_embedding"};
-  for (std::size_t i = 0; i < downs.size(); ++i) out.push_back("down_blocks." + std::to_string(i));
-  for (std::size_t i = 0; i < ups.size(); ++i) out.push_back("up_blocks." + std::to_string(i));
+  for (std::size_t i = 0; i < c.down_block_types.size(); ++i) out.push_back("down_blocks." + std::to_string(i));
+  for (std::size_t i = 0; i < c.up_block_types.size(); ++i) out.push_back("up_blocks." + std::to_string(i));
   out.insert(out.end(), {"mid_block", "conv_norm_out", "conv_out"});
   return out;
 }

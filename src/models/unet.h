@@ -72,9 +72,6 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   // Checkpoints every resnet and transformer block (as diffusers does) while training.
   void set_gradient_checkpointing(bool on);
 
-  // The top-level parts in registration order ("conv_in", "time_embedding", "down_blocks.0",
-  // ...), for reports.
-  std::vector<std::string> top_level_blocks() const;
 
   config::UNet2DConditionConfig config;
   torch::nn::Conv2d conv_in{nullptr};
@@ -87,6 +84,10 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   torch::nn::Conv2d conv_out{nullptr};
 };
 TORCH_MODULE(UNet2DConditionModel);
+
+// The top-level parts in registration order ("conv_in", "time_embedding", "down_blocks.0",
+// ..., "up_blocks.0", ..., "mid_block", "conv_norm_out", "conv_out"), for reports.
+std::vector<std::string> unet_top_level_blocks(const config::UNet2DConditionConfig& config);
 
 // Reads `<dir>/config.json` and the weights (variant: "fp16", ... or empty) into a model of
 // options.dtype on options.device, in eval mode.

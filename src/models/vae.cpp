@@ -197,14 +197,15 @@ void AutoencoderKLImpl::set_gradient_checkpointing(bool on) {
   decoder->gradient_checkpointing = on;
 }
 
-std::vector<std::string> AutoencoderKLImpl::top_level_blocks() const {
+std::vector<std::string> vae_top_level_blocks(const AutoencoderKLConfig& c) {
+  const std::size_t n = c.block_out_channels.size();
   std::vector<std::string> out = {"encoder.conv_in"};
-  for (std::size_t i = 0; i < encoder->downs.size(); ++i) out.push_back("encoder.down_blocks." + std::to_string(i));
+  for (std::size_t i = 0; i < n; ++i) out.push_back("encoder.down_blocks." + std::to_string(i));
   out.insert(out.end(), {"encoder.mid_block", "encoder.conv_norm_out", "encoder.conv_out", "decoder.conv_in"});
-  for (std::size_t i = 0; i < decoder->ups.size(); ++i) out.push_back("decoder.up_blocks." + std::to_string(i));
+  for (std::size_t i = 0; i < n; ++i) out.push_back("decoder.up_blocks." + std::to_string(i));
   out.insert(out.end(), {"decoder.mid_block", "decoder.conv_norm_out", "decoder.conv_out"});
-  if (quant_conv) out.push_back("quant_conv");
-  if (post_quant_conv) out.push_back("post_quant_conv");
+  if (c.use_quant_conv) out.push_back("quant_conv");
+  if (c.use_post_quant_conv) out.push_back("post_quant_conv");
   return out;
 }
 

@@ -95,7 +95,6 @@ class AutoencoderKLImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   void set_gradient_checkpointing(bool on);
-  std::vector<std::string> top_level_blocks() const;
 
   config::AutoencoderKLConfig config;
   VAEEncoder encoder{nullptr};
@@ -104,6 +103,9 @@ class AutoencoderKLImpl : public torch::nn::Module {
   torch::nn::Conv2d post_quant_conv{nullptr};
 };
 TORCH_MODULE(AutoencoderKL);
+
+// The top-level parts in registration order (encoder.conv_in, encoder.down_blocks.0, ...).
+std::vector<std::string> vae_top_level_blocks(const config::AutoencoderKLConfig& config);
 
 // Legacy VAE attention names -> current ones (one table; ../shared/spec/models.md §4.4).
 std::optional<std::string> vae_key_alias(const std::string& file_key);

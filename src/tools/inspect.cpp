@@ -12,6 +12,9 @@
 #include "core/error.h"
 #include "io/pipeline_folder.h"
 #include "io/safetensors.h"
+#include "models/clip_text.h"
+#include "models/unet.h"
+#include "models/vae.h"
 
 namespace lisadiff::tools {
 namespace {
@@ -57,6 +60,53 @@ std::string component_config(const fs::path& dir, const std::string& class_name)
   if (ends_with(class_name, "Scheduler")) return config::SchedulerConfig::from_file(dir / "scheduler_config.json").summary();
   if (class_name == "CLIPTokenizer" || class_name == "CLIPTokenizerFast") return tokenizer_summary(dir);
   return "not used by lisadiff";
+}
+
+// Top-level parts of the model class, and the key alias its loader applies.
+struct ModuleView {
+  std::vector<std::string> blocks;
+  models::KeyAlias alias;
+};
+
+std::optional<ModuleView> module_view(const fs::path& dir, const std::string& class_name) {
+  if (class_name == "UNet2DConditionModel") {
+    auto c = config::UNet2DConditionConfig::from_file(dir / "config.json");
+    c.validate((dir / "config.json").string());
+    return ModuleView{models::unet_top_level_blocks(c), {}};
+  }
+  if (class_name == "AutoencoderKL") {
+    return ModuleView{models::vae_top_level_blocks(config::AutoencoderKLConfig::from_file(dir / "config.json")),
+                      models::vae_key_alias};
+  }
+  if (class_name == "CLIPTextModel") {
+    return ModuleView{models::clip_top_level_blocks(config::CLIPTextConfig::from_file(dir / "config.json")),
+                      models::clip_key_alias};
+  }
+  return std::nullopt;
+}
+
+std::vector<BlockCount> count_blocks(const std::vector<fs::path>& files, const ModuleView& view) {
+  std::vector<BlockCount> out;
+  for (const auto& b : view.blocks) out.push_back({b, 0, 0});
+  BlockCount other{"(not in the model)", 0, 0};
+  for (const auto& file : files) {
+    io::SafetensorsReader reader(file);
+    for (const auto& e : reader.entries()) {
+      std::string key = e.name;
+      if (view.alias) key = view.alias(e.name).value_or(e.name);
+      auto* slot = &other;
+      for (auto& b : out) {
+        if (key.size() > b.name.size() && key.compare(0, b.name.size(), b.name) == 0 && key[b.name.size()] == '.') {
+          slot = &b;
+          break;
+        }
+      }
+      slot->tensors += 1;
+      if (holds_parameters(e.dtype)) slot->parameters += e.numel();
+    }
+  }
+  if (other.tensors > 0) out.push_back(other);
+  return out;
 }
 
 std::string group_digits(std::uint64_t n) {
@@ -143,7 +193,10 @@ InspectReport inspect(const fs::path& path, const std::string& variant) {
       }
       out.config = component_config(dir, out.class_name);
       const auto files = io::find_weight_files(dir, variant);
-      if (!files.empty()) out.weights = summarize_weights(files);
+      if (!files.empty()) {
+        out.weights = summarize_weights(files);
+        if (auto view = module_view(dir, out.class_name)) out.blocks = count_blocks(files, *view);
+      }
     }
     report.components.push_back(std::move(out));
   }
@@ -160,6 +213,11 @@ Json to_json(const InspectReport& report) {
   for (const auto& c : report.components) {
     Json item = {{"name", c.name}, {"library", c.library}, {"class", c.class_name}, {"config", c.config}};
     if (c.weights) item["weights"] = weights_json(*c.weights);
+    if (!c.blocks.empty()) {
+      Json blocks = Json::array();
+      for (const auto& b : c.blocks) blocks.push_back({{"name", b.name}, {"tensors", b.tensors}, {"parameters", b.parameters}});
+      item["blocks"] = std::move(blocks);
+    }
     components.push_back(std::move(item));
   }
   out["components"] = std::move(components);
@@ -175,17 +233,22 @@ std::string to_text(const InspectReport& report) {
                        w ? group_digits(w->parameters) : "-", w ? group_digits(w->bytes) : "-",
                        w ? dtype_list(*w) : "");
   };
-  const auto details = [&](const std::string& name, const std::string& config, const WeightsSummary* w) {
+  const auto details = [&](const std::string& name, const std::string& config, const WeightsSummary* w,
+                           const std::vector<BlockCount>& blocks) {
     if (!config.empty()) out += fmt::format("{}: {}\n", name, config);
     if (!w) return;
     for (const auto& file : w->files) out += fmt::format("  file: {}\n", file.string());
     out += fmt::format("  first tensor: {}\n  last tensor:  {}\n", w->first_tensor, w->last_tensor);
+    if (!blocks.empty()) out += "  modules, in registration order:\n";
+    for (const auto& b : blocks) {
+      out += fmt::format("    {:<38}{:>9}{:>14}\n", b.name, group_digits(b.tensors), group_digits(b.parameters));
+    }
   };
   if (!report.is_pipeline) {
     out += fmt::format("safetensors file {}\n", report.path.string());
     for (const auto& [key, value] : report.weights->metadata) out += fmt::format("  metadata {} = {}\n", key, value);
     row("", "", &*report.weights);
-    details("weights", "", &*report.weights);
+    details("weights", "", &*report.weights, {});
     return out;
   }
   out += fmt::format("pipeline {} ({}, diffusers {})\n\n", report.path.string(), report.pipeline_class,
@@ -198,7 +261,7 @@ std::string to_text(const InspectReport& report) {
   const auto total = totals(report);
   row("total", "", &total);
   out += "\n";
-  for (const auto& c : report.components) details(c.name, c.config, c.weights ? &*c.weights : nullptr);
+  for (const auto& c : report.components) details(c.name, c.config, c.weights ? &*c.weights : nullptr, c.blocks);
   return out;
 }
 

@@ -29,12 +29,23 @@ struct WeightsSummary {
 // Opens (and so fully validates) every file. Throws lisadiff::Error on any problem.
 WeightsSummary summarize_weights(const std::vector<std::filesystem::path>& files);
 
+// Tensors and parameters of one top-level part of a model (e.g. "down_blocks.1").
+struct BlockCount {
+  std::string name;
+  std::int64_t tensors = 0;
+  std::int64_t parameters = 0;
+};
+
 struct ComponentReport {
   std::string name;
   std::string library;     // empty for a [null, null] entry
   std::string class_name;  // empty for a [null, null] entry
   std::string config;      // one-line summary of the validated config, or a note
   std::optional<WeightsSummary> weights;
+  // Module view of UNet2DConditionModel, AutoencoderKL and CLIPTextModel weights: the
+  // model's top-level parts in registration order; "(not in the model)" collects file keys
+  // that belong to none of them.
+  std::vector<BlockCount> blocks;
 };
 
 struct InspectReport {
