@@ -19,7 +19,7 @@
 // not used: its `\s` is ASCII-only (the reference's `\s` is Unicode White_Space), its `\p{L}`
 // tables are an older Unicode version than utf8proc's, and the pattern is a plain
 // leftmost-first alternation of literals and character-class runs, which a short scanner over
-// utf8proc's categories reproduces exactly (pre_tokenize below). The reference, `tokenizers`
+// utf8proc's categories reproduces exactly (split_pieces below). The reference, `tokenizers`
 // 0.23, uses Unicode 16.0 tables: characters first assigned in Unicode 16 (Garay, Todhri, ...) are
 // unassigned here, hence "other" symbols that are not lowercased. tests/models/
 // test_clip_tokenizer.cpp checks every code point against tables made with the reference.
