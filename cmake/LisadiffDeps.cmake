@@ -16,3 +16,13 @@ set(LISADIFF_SHIM_INCLUDE "${CMAKE_BINARY_DIR}/include-shim")
 file(MAKE_DIRECTORY "${LISADIFF_SHIM_INCLUDE}")
 file(CREATE_LINK "${LISADIFF_FMT_INCLUDE}/fmt" "${LISADIFF_SHIM_INCLUDE}/fmt" SYMBOLIC)
 file(CREATE_LINK "${LISADIFF_SPDLOG_INCLUDE}/spdlog" "${LISADIFF_SHIM_INCLUDE}/spdlog" SYMBOLIC)
+
+# utf8proc (Unicode 15 data: NFC, general categories, case mapping) for the CLIP tokenizer;
+# src/models/clip_tokenizer.cpp says why it, and not RE2, does the tokenizer's Unicode work.
+# Not PkgConfig::UTF8PROC: its Cflags add -DUTF8PROC_EXPORTS (meaningful only for Windows DLLs),
+# which would change the flags of every core object and of the shared precompiled header.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(UTF8PROC REQUIRED libutf8proc)
+add_library(lisadiff_utf8proc INTERFACE IMPORTED)
+target_include_directories(lisadiff_utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIRS})
+target_link_libraries(lisadiff_utf8proc INTERFACE ${UTF8PROC_LINK_LIBRARIES})

@@ -33,6 +33,7 @@ std::filesystem::path tests_dir() { return test_path("tests_dir"); }
 std::filesystem::path fixtures_dir() { return tests_dir() / "fixtures"; }
 std::string test_python() { return test_path("python"); }
 std::string cli_path() { return test_path("cli"); }
+std::filesystem::path clip_vocab_dir() { return test_path("clip_vocab_dir"); }
 
 TempDir::TempDir() {
   std::random_device rd;

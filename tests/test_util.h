@@ -20,6 +20,9 @@ std::filesystem::path tests_dir();     // the source tests/ folder
 std::filesystem::path fixtures_dir();  // tests_dir() / "fixtures"
 std::string test_python();             // the venv's python (reference checks)
 std::string cli_path();                // the lisadiff executable
+// The full CLIP vocabulary folder (SD1.5's tokenizer files) that scripts/setup.sh builds;
+// empty when CMake was configured without LISADIFF_CLIP_VOCAB_DIR.
+std::filesystem::path clip_vocab_dir();
 
 // A fresh directory, removed with everything in it when the object goes away.
 class TempDir {
