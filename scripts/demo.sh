@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# The README's demo command: sets up and builds whatever is missing, makes a tiny Stable
-# Diffusion pipeline with random weights (the real SD architecture at toy size) and shows
-# what `lisadiff inspect` reports about it. Later issues grow this into a short LISA run.
+# The README's demo command: sets up and builds whatever is missing, then writes two Stable
+# Diffusion pipelines with random weights with `lisadiff init-pipeline` (the tiny preset and
+# the full SD1.5 architecture, 4.3 GB) and shows what `lisadiff inspect` reports about them.
+# LISADIFF_DEMO_SD15=0 skips the SD1.5-size pipeline. Later issues grow this into a LISA run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${LISADIFF_BUILD_DIR:-$ROOT/build}"
+lisadiff="$BUILD/apps/lisadiff"
 
 "$ROOT/scripts/setup.sh"
-python=$(grep '^LISADIFF_PYTHON:FILEPATH=' "$BUILD/CMakeCache.txt" | cut -d= -f2)
-out="$BUILD/demo/tiny-sd"
-echo "[demo] making the tiny-sd pipeline in $out (diffusers, seed 0)"
-"$python" "$ROOT/scripts/make_fixtures.py" --pipeline tiny-sd --out "$out" >/dev/null
-echo "[demo] lisadiff inspect $out"
-"$BUILD/apps/lisadiff" inspect "$out"
+out="$BUILD/demo"
+echo "[demo] lisadiff init-pipeline --preset tiny --seed 0 --out $out/tiny-sd"
+"$lisadiff" init-pipeline --preset tiny --seed 0 --out "$out/tiny-sd" --overwrite
+echo "[demo] lisadiff inspect $out/tiny-sd"
+"$lisadiff" inspect "$out/tiny-sd"
+
+if [ "${LISADIFF_DEMO_SD15:-1}" != 0 ]; then
+  if [ ! -f "$out/sd15/model_index.json" ]; then
+    echo "[demo] lisadiff init-pipeline --preset sd15 --seed 0 --out $out/sd15 (4.3 GB)"
+    start=$SECONDS
+    "$lisadiff" init-pipeline --preset sd15 --seed 0 --out "$out/sd15"
+    echo "[demo] wrote the SD1.5-size pipeline in $((SECONDS - start)) s"
+  fi
+  echo "[demo] lisadiff inspect $out/sd15"
+  "$lisadiff" inspect "$out/sd15"
+fi
