@@ -140,6 +140,13 @@ io::NamedTensors parameters_of(const torch::nn::Module& module) {
   return out;
 }
 
+void to_channels_last(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters(/*recurse=*/true)) {
+    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
 void save_parameters(const torch::nn::Module& module, const std::filesystem::path& path) {
   io::write_safetensors(path, parameters_of(module), {{"format", "pt"}});
 }

@@ -181,6 +181,20 @@ TEST(GradientCheckpointing, GradientsMatchUncheckpointed) {
   for (const auto& [name, g] : grads[0]) EXPECT_TRUE(close_tensor(name, grads[1].at(name), g, kGradAtol, kGradRtol));
 }
 
+// channels_last changes memory layout only: the output and gradients still match diffusers.
+TEST(ChannelsLast, SameOutputAndGradients) {
+  SafetensorsReader ref(models_dir() / "case-unet-micro.safetensors");
+  auto unet = models::load_unet(pipeline("micro-sd") / "unet");
+  unet->train();
+  models::to_channels_last(*unet);
+  ASSERT_TRUE(unet->conv_in->weight.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  auto out = unet->forward(ref.tensor("input.sample").contiguous(torch::MemoryFormat::ChannelsLast),
+                           ref.tensor("input.timesteps"), ref.tensor("input.encoder_hidden_states"));
+  EXPECT_TRUE(close_tensor("output.sample", out, ref.tensor("output.sample"), kOutAtol, kOutRtol));
+  (out * ref.tensor("probe")).sum().backward();
+  expect_grads(*unet, ref);
+}
+
 // LISA freezes everything in front of an active block; torch's reentrant checkpoint would
 // then give that block no gradient. Ours must.
 TEST(GradientCheckpointing, TrainsABlockBehindFrozenLayers) {
