@@ -6,8 +6,12 @@
 
 #include <iostream>
 
+#include <ATen/autocast_mode.h>
+
+#include "config/unet_config.h"
 #include "io/safetensors.h"
 #include "models/blocks.h"
+#include "models/checkpoint.h"
 #include "models/clip_text.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -179,6 +183,53 @@ TEST(GradientCheckpointing, GradientsMatchUncheckpointed) {
     for (const auto& p : unet->named_parameters()) grads[ckpt][p.key()] = p.value().grad();
   }
   for (const auto& [name, g] : grads[0]) EXPECT_TRUE(close_tensor(name, grads[1].at(name), g, kGradAtol, kGradRtol));
+}
+
+// The recomputation restores the RNG state: with dropout on, the checkpointed run draws the
+// same masks as the plain run from the same seed, so gradients agree as without dropout.
+TEST(GradientCheckpointing, DropoutMasksAreReplayed) {
+  auto cfg = config::UNet2DConditionConfig::from_file(pipeline("micro-sd") / "unet/config.json");
+  cfg.dropout = 0.5;
+  cfg.validate("micro-sd unet with dropout");
+  SafetensorsReader ref(models_dir() / "case-unet-micro.safetensors");
+  std::map<std::string, torch::Tensor> grads[2];
+  for (int ckpt = 0; ckpt < 2; ++ckpt) {
+    torch::manual_seed(1);
+    models::UNet2DConditionModel unet(cfg);
+    unet->train();
+    unet->set_gradient_checkpointing(ckpt == 1);
+    torch::manual_seed(2);
+    auto out = unet->forward(ref.tensor("input.sample"), ref.tensor("input.timesteps"),
+                             ref.tensor("input.encoder_hidden_states"));
+    (out * ref.tensor("probe")).sum().backward();
+    for (const auto& p : unet->named_parameters()) grads[ckpt][p.key()] = p.value().grad();
+  }
+  for (const auto& [name, g] : grads[0]) EXPECT_TRUE(close_tensor(name, grads[1].at(name), g, kGradAtol, kGradRtol));
+}
+
+// The recomputation sees the forward's autocast state and random stream, although the
+// backward runs after autocast was switched off and more numbers were drawn.
+TEST(GradientCheckpointing, RecomputeSeesForwardAutocastAndRng) {
+  auto lin = torch::nn::Linear(4, 4);
+  std::vector<std::pair<bool, torch::Tensor>> calls;  // (autocast on, random draw)
+  auto fn = [&calls, lin](const models::TensorList& in) mutable {
+    calls.emplace_back(at::autocast::is_autocast_enabled(at::kCPU), torch::rand({3}));
+    return models::TensorList{lin->forward(in[0])};
+  };
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  at::autocast::set_autocast_dtype(at::kCPU, torch::kBFloat16);
+  auto out = models::checkpoint(*lin, fn, {torch::ones({2, 4})}).at(0);
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  at::autocast::clear_cache();
+  EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
+  torch::rand({5});  // moves the generator on
+  out.to(torch::kFloat32).sum().backward();
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_TRUE(calls[0].first);
+  EXPECT_TRUE(calls[1].first);
+  EXPECT_TRUE(torch::equal(calls[0].second, calls[1].second));
+  EXPECT_TRUE(lin->weight.grad().defined());
+  EXPECT_FALSE(at::autocast::is_autocast_enabled(at::kCPU));  // restored after the backward
 }
 
 // channels_last changes memory layout only: the output and gradients still match diffusers.
