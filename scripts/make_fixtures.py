@@ -408,9 +408,12 @@ def grads_of(model, loss) -> dict[str, torch.Tensor]:
 
 
 def save_case(path: Path, tensors: dict[str, torch.Tensor], note: str) -> None:
+    """`note` says what the case holds; it goes to stdout, not into the file: safetensors
+    writes metadata from a hash map, so more than one key would make the bytes vary."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt", "note": note})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt"})
+    print(f"{path.name}: {note}")
 
 
 def unet_case(unet_dir: Path, path: Path, seed: int, shape: tuple[int, ...], with_cond: bool) -> None:
