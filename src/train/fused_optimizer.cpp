@@ -1,0 +1,145 @@
+#include "train/fused_optimizer.h"
+
+#include <cmath>
+
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include "core/error.h"
+
+namespace lisadiff::train {
+namespace {
+
+// The hook object the autograd engine calls after AccumulateGrad has written .grad.
+class Hook : public torch::autograd::PostAccumulateGradHook {
+ public:
+  Hook(std::function<void(const torch::Tensor&)> fn) : fn_(std::move(fn)) {}
+  void operator()(const torch::autograd::Variable& tensor) override { fn_(tensor); }
+
+ private:
+  std::function<void(const torch::Tensor&)> fn_;
+};
+
+AdamWKernel resolve(AdamWKernel k, const torch::Tensor& p) {
+  if (k != AdamWKernel::kAuto) return k;
+  return p.is_cuda() ? AdamWKernel::kFused : AdamWKernel::kSingle;
+}
+
+}  // namespace
+
+double clip_grad_norm_(torch::Tensor& grad, double max_norm) {
+  // torch.nn.utils.clip_grad_norm_ on one tensor, op for op: the total norm is the norm of the
+  // stacked per-tensor norms, the coefficient is clamped to 1 and always applied.
+  auto norm = torch::linalg_vector_norm(grad, 2);
+  auto total = torch::linalg_vector_norm(torch::stack({norm}), 2);
+  auto coef = max_norm / (total + 1e-6);
+  grad.mul_(torch::clamp_max(coef, 1.0));
+  return total.item<double>();
+}
+
+void FusedOptimizer::adamw_step(torch::Tensor& p, const torch::Tensor& grad, AdamWState& s, const AdamWOptions& o,
+                                double lr, AdamWKernel kernel) {
+  torch::NoGradGuard no_grad;
+  if (!s.exp_avg.defined()) {
+    s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+    s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+    s.step = torch::zeros({}, torch::dtype(torch::kFloat32).device(kernel == AdamWKernel::kFused ? p.device() : torch::kCPU));
+    s.steps = 0;
+  }
+  s.steps += 1;
+  if (resolve(kernel, p) == AdamWKernel::kFused) {
+    if (s.step.device() != p.device()) s.step = s.step.to(p.device());
+    at::_fused_adamw_({p}, {grad}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, o.beta1, o.beta2, o.weight_decay,
+                      o.eps, /*amsgrad=*/false, /*maximize=*/false);
+    return;
+  }
+  // torch.optim.adam._single_tensor_adam with decoupled weight decay, op for op.
+  s.step += 1;
+  const double step = s.step.item<double>();
+  if (o.weight_decay != 0) p.mul_(1 - lr * o.weight_decay);
+  s.exp_avg.lerp_(grad, 1 - o.beta1);
+  s.exp_avg_sq.mul_(o.beta2).addcmul_(grad, grad, 1 - o.beta2);
+  const double bias_correction1 = 1 - std::pow(o.beta1, step);
+  const double bias_correction2 = 1 - std::pow(o.beta2, step);
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  auto denom = (s.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(o.eps);
+  p.addcdiv_(s.exp_avg, denom, -step_size);
+}
+
+FusedOptimizer::FusedOptimizer(std::vector<std::pair<std::string, torch::Tensor>> params, FusedOptimizerOptions options)
+    : params_(std::move(params)), options_(std::move(options)), states_(params_.size()) {
+  if (!options_.lr_at) {
+    const double lr = options_.adamw.lr;
+    options_.lr_at = [lr](int64_t) { return lr; };
+  }
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto& [name, p] = params_[i];
+    if (!p.defined() || !p.is_leaf()) throw Error("FusedOptimizer: parameter '" + name + "' is not a leaf tensor");
+    if (!index_.emplace(name, i).second) throw Error("FusedOptimizer: parameter '" + name + "' given twice");
+    if (torch::autograd::impl::post_acc_grad_hooks(p)) {
+      throw Error("FusedOptimizer: parameter '" + name + "' already has a post-accumulate-grad hook (another optimizer?)");
+    }
+    torch::autograd::impl::set_post_acc_grad_hooks(
+        p, std::make_unique<Hook>([this, i](const torch::Tensor& t) { on_grad(i, t); }));
+  }
+}
+
+FusedOptimizer::~FusedOptimizer() {
+  for (auto& [name, p] : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+}
+
+void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
+  if (!sync_) return;  // inside an accumulation window: keep accumulating
+  auto p = param;
+  auto& grad = p.mutable_grad();
+  if (!grad.defined()) return;
+  torch::NoGradGuard no_grad;
+  if (options_.grad_reducer) options_.grad_reducer(grad);
+  double norm;
+  if (options_.max_grad_norm > 0) {
+    norm = clip_grad_norm_(grad, options_.max_grad_norm);
+  } else {
+    norm = grad.norm(2).item<double>();
+  }
+  sq_norm_ += norm * norm;
+  ++stepped_;
+  adamw_step(p, grad, states_[i], options_.adamw, options_.lr_at(global_step_), options_.kernel);
+  grad.reset();  // free the gradient now
+}
+
+int64_t FusedOptimizer::finish_step() {
+  last_grad_norm_ = std::sqrt(sq_norm_);
+  last_stepped_tensors_ = stepped_;
+  sq_norm_ = 0.0;
+  stepped_ = 0;
+  return ++global_step_;
+}
+
+double FusedOptimizer::current_lr() const { return options_.lr_at(global_step_); }
+
+void FusedOptimizer::drop_state(const std::string& name) { states_.at(index_.at(name)) = AdamWState{}; }
+
+bool FusedOptimizer::has_state(const std::string& name) const {
+  return states_.at(index_.at(name)).exp_avg.defined();
+}
+
+const AdamWState* FusedOptimizer::state(const std::string& name) const {
+  const auto& s = states_.at(index_.at(name));
+  return s.exp_avg.defined() ? &s : nullptr;
+}
+
+void FusedOptimizer::set_state(const std::string& name, AdamWState state) {
+  states_.at(index_.at(name)) = std::move(state);
+}
+
+std::int64_t FusedOptimizer::state_bytes() const {
+  std::int64_t bytes = 0;
+  for (const auto& s : states_) {
+    if (!s.exp_avg.defined()) continue;
+    bytes += s.exp_avg.nbytes() + s.exp_avg_sq.nbytes() + s.step.nbytes();
+  }
+  return bytes;
+}
+
+}  // namespace lisadiff::train

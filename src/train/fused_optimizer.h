@@ -1,0 +1,118 @@
+// The fused per-parameter optimizer: every parameter that may ever train carries a
+// post-accumulate-grad hook. When the backward pass has accumulated a parameter's gradient on
+// the last micro-batch of an accumulation window, the hook
+//   1. hands the gradient to an optional reducer (data parallel: average across ranks),
+//   2. clips *this parameter's* gradient norm to max_grad_norm (the original LISA semantics;
+//      a global norm cannot be computed in one fused pass),
+//   3. runs its AdamW step with lr = schedule(global optimizer step),
+//   4. frees the gradient at once,
+// so gradients and optimizer state of the whole model never exist at the same time. On
+// earlier micro-batches gradients accumulate in .grad as usual (that costs one gradient per
+// active parameter for the length of the window).
+//
+// Parameters with requires_grad = false get no gradient, so their hooks never fire: the
+// active set is whatever requires grad (the LISA sampler switches it). Optimizer state is
+// created on a parameter's first step and can be dropped when it is deactivated.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace lisadiff::train {
+
+struct AdamWOptions {
+  double lr = 1e-4;  // base lr; the schedule multiplies it (see lr_at)
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;  // decoupled, on every tensor (biases and norms too), as torch
+};
+
+enum class AdamWKernel {
+  kAuto,    // kSingle on CPU (bit-identical to torch.optim.AdamW's CPU default), kFused on CUDA
+  kSingle,  // torch's single-tensor AdamW arithmetic, op for op
+  kFused,   // ATen's _fused_adamw_ kernel (one launch per parameter on CUDA)
+};
+
+struct FusedOptimizerOptions {
+  AdamWOptions adamw;
+  AdamWKernel kernel = AdamWKernel::kAuto;
+  // lr of the update that follows `step` optimizer steps already taken (diffusers/accelerate
+  // semantics: the first update uses lr_at(0)). Default: constant adamw.lr.
+  std::function<double(int64_t step)> lr_at;
+  double max_grad_norm = 0.0;  // per parameter; <= 0 disables clipping
+  // Data parallel: called with each gradient on sync steps before clipping (e.g. all-reduce
+  // average). Must be deterministic and identical on every rank.
+  std::function<void(torch::Tensor& grad)> grad_reducer;
+};
+
+// Per-parameter AdamW state (fp32 moments, or the parameter's dtype when it is fp32).
+struct AdamWState {
+  torch::Tensor exp_avg, exp_avg_sq;
+  torch::Tensor step;  // float32 scalar tensor, as torch keeps it (the fused kernel needs it)
+  int64_t steps = 0;
+};
+
+class FusedOptimizer {
+ public:
+  // Installs the hooks on every tensor of `params` (name, parameter). The parameters must be
+  // leaves; their requires_grad flags are left as they are.
+  FusedOptimizer(std::vector<std::pair<std::string, torch::Tensor>> params, FusedOptimizerOptions options);
+  ~FusedOptimizer();
+  FusedOptimizer(const FusedOptimizer&) = delete;
+  FusedOptimizer& operator=(const FusedOptimizer&) = delete;
+
+  // Whether the backward pass about to run ends an accumulation window (default true).
+  void set_sync(bool sync) { sync_ = sync; }
+  bool sync() const { return sync_; }
+
+  // Call after the backward pass of a sync micro-batch: the optimizer step is complete.
+  // Returns the new global step. Also resets the per-step statistics.
+  int64_t finish_step();
+
+  int64_t global_step() const { return global_step_; }
+  void set_global_step(int64_t step) { global_step_ = step; }
+  double current_lr() const;  // the lr the next update uses
+
+  // Statistics of the step in progress / just finished (before finish_step resets them):
+  // L2 norm over all stepped gradients before clipping, and how many tensors / elements stepped.
+  double last_grad_norm() const { return last_grad_norm_; }
+  int64_t last_stepped_tensors() const { return last_stepped_tensors_; }
+
+  // Drops the optimizer state of a parameter (LISA deactivation). Its hook stays.
+  void drop_state(const std::string& name);
+  bool has_state(const std::string& name) const;
+  const AdamWState* state(const std::string& name) const;
+  void set_state(const std::string& name, AdamWState state);
+  std::int64_t state_bytes() const;  // bytes held by optimizer state now
+  const std::vector<std::pair<std::string, torch::Tensor>>& params() const { return params_; }
+
+  // The AdamW update for one parameter, exposed for tests and for the classic (unfused)
+  // baseline: p, grad (already clipped), state (created when empty).
+  static void adamw_step(torch::Tensor& p, const torch::Tensor& grad, AdamWState& state, const AdamWOptions& o,
+                         double lr, AdamWKernel kernel);
+
+ private:
+  void on_grad(std::size_t index, const torch::Tensor& param);
+
+  std::vector<std::pair<std::string, torch::Tensor>> params_;
+  std::map<std::string, std::size_t> index_;
+  FusedOptimizerOptions options_;
+  std::vector<AdamWState> states_;
+  bool sync_ = true;
+  int64_t global_step_ = 0;
+  double sq_norm_ = 0.0, last_grad_norm_ = 0.0;
+  int64_t stepped_ = 0, last_stepped_tensors_ = 0;
+};
+
+// Clips one gradient in place as torch.nn.utils.clip_grad_norm_ does for a single tensor:
+// coef = min(1, max_norm / (norm + 1e-6)); grad *= coef. Returns the norm before clipping.
+double clip_grad_norm_(torch::Tensor& grad, double max_norm);
+
+}  // namespace lisadiff::train
