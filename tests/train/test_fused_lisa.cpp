@@ -403,5 +403,15 @@ TEST(Lisa, FusedStepsWithGradientCheckpointing) {
   }
 }
 
+// The drop-in example learns its task with only a few tensors active at a time.
+TEST(Lisa, ExampleLearnsTheSpirals) {
+  const auto example = std::filesystem::path(testing::cli_path()).parent_path().parent_path() / "examples/lisa_mlp";
+  const auto [rc, out] = testing::run_command(example.string() + " 700 2>&1");
+  ASSERT_EQ(rc, 0) << out;
+  const auto at = out.find("final accuracy ");
+  ASSERT_NE(at, std::string::npos) << out;
+  EXPECT_GT(std::stod(out.substr(at + 15)), 0.9) << out;
+}
+
 }  // namespace
 }  // namespace lisadiff
