@@ -12,6 +12,8 @@ Writes tests/fixtures/train/:
                           steps, per-tensor AdamW created on activation, state dropped on
                           deactivation, lr from the global step, per-tensor clipping, gradient
                           accumulation over 2 micro-batches). Losses and final weights.
+  lora_unet.safetensors   peft's LoRA adapters on micro-sd's UNet (initialisation under both
+                          schemes from a fixed seed) and 10 LoRA training steps.
 Run: <venv>/bin/python scripts/make_optimizer_fixtures.py   (deterministic)
 """
 from __future__ import annotations
@@ -135,11 +137,59 @@ def unet_reference() -> None:
     (OUT / "lisa_unet.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
+def lora_reference() -> None:
+    """peft's adapter initialisation (both schemes) and 10 LoRA training steps on micro-sd's
+    UNet: per-tensor clipping, AdamW per adapter tensor, the same data and lr as above."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet_dir = REPO / "tests" / "fixtures" / "pipelines" / "micro-sd" / "unet"
+    targets = ["to_k", "to_q", "to_v", "to_out.0"]
+    out = {}
+    for name, cfg in (("gaussian", dict(r=4, lora_alpha=4, init_lora_weights="gaussian")),
+                      ("kaiming", dict(r=2, lora_alpha=4, init_lora_weights=True))):
+        unet = UNet2DConditionModel.from_pretrained(unet_dir)
+        torch.manual_seed(11)
+        unet.add_adapter(LoraConfig(target_modules=targets, **cfg))
+        out.update({f"init_{name}.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()})
+
+    unet = UNet2DConditionModel.from_pretrained(unet_dir).train()
+    unet.requires_grad_(False)
+    torch.manual_seed(11)
+    unet.add_adapter(LoraConfig(target_modules=targets, r=4, lora_alpha=4, init_lora_weights="gaussian"))
+    lora = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(8)
+    latents = torch.randn(10, 2, 4, 8, 8, generator=g)
+    noise = torch.randn(10, 2, 4, 8, 8, generator=g)
+    timesteps = torch.randint(0, 1000, (10, 2), generator=g)
+    context = torch.randn(10, 2, 7, 8, generator=g)
+    out.update({"data.latents": latents, "data.noise": noise, "data.timesteps": timesteps, "data.context": context})
+    opts = {n: torch.optim.AdamW([p], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2) for n, p in lora}
+    losses = []
+    for step in range(10):
+        pred = unet(latents[step] + noise[step], timesteps[step], context[step]).sample
+        loss = torch.nn.functional.mse_loss(pred, noise[step])
+        loss.backward()
+        losses.append(loss.item())
+        for n, p in lora:
+            torch.nn.utils.clip_grad_norm_(p, 1.0)
+            opts[n].param_groups[0]["lr"] = 1e-2 * min(1.0, (step + 1) / 4)
+            opts[n].step()
+            p.grad = None
+    out["train.losses"] = torch.tensor(losses, dtype=torch.float64)
+    out.update({f"train.final.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()})
+    with torch.no_grad():
+        out["train.probe_output"] = unet(latents[0], timesteps[0], context[0]).sample
+    save_file(out, OUT / "lora_unet.safetensors", metadata={"format": "pt"})
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     torch.use_deterministic_algorithms(True)
     mlp_reference()
     unet_reference()
+    lora_reference()
 
 
 if __name__ == "__main__":

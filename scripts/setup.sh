@@ -109,10 +109,11 @@ configure() {
     return
   fi
   say "CMake: configuring $BUILD ($BUILD_TYPE)"
+  mkdir -p "$BUILD"
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
     -DLISADIFF_PYTHON="$python" -DLISADIFF_CACHE_DIR="$CACHE" \
-    -DLISADIFF_CLIP_VOCAB_DIR="$clip_vocab" >"$BUILD.configure.log" 2>&1 ||
-    { cat "$BUILD.configure.log"; exit 1; }
+    -DLISADIFF_CLIP_VOCAB_DIR="$clip_vocab" >"$BUILD/configure.log" 2>&1 ||
+    { cat "$BUILD/configure.log"; exit 1; }
 }
 
 build() {

@@ -117,6 +117,20 @@ torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, std::optional<std:
 
 // ---------------------------------------------------------------------------------------
 
+torch::Tensor LinearAdapter::forward(const torch::Tensor& x, bool training) const {
+  auto h = x.to(A.scalar_type());
+  if (dropout > 0) h = torch::dropout(h, dropout, training);
+  // peft: lora_B(lora_A(dropout(x))) * scaling
+  return torch::nn::functional::linear(torch::nn::functional::linear(h, A), B) * scale;
+}
+
+torch::Tensor linear_with_adapter(torch::nn::Linear& base, const std::shared_ptr<LinearAdapter>& adapter,
+                                  const torch::Tensor& x, bool training) {
+  auto y = base(x);
+  if (adapter && adapter->enabled) y = y + adapter->forward(x, training).to(y.scalar_type());
+  return y;
+}
+
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   const int64_t inner = o.heads * o.dim_head;
   const int64_t kv = o.cross_attention_dim > 0 ? o.cross_attention_dim : o.query_dim;
@@ -140,17 +154,18 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     h = x.view({B, C, H * W}).transpose(1, 2);
   }
   if (group_norm) h = group_norm(h.transpose(1, 2)).transpose(1, 2);
-  auto q = to_q(h);
+  const bool train = is_training();
+  auto q = linear_with_adapter(to_q, lora_q, h, train);
   const auto& ctx = context.defined() ? context : h;
-  auto k = to_k(ctx);
-  auto v = to_v(ctx);
+  auto k = linear_with_adapter(to_k, lora_k, ctx, train);
+  auto v = linear_with_adapter(to_v, lora_v, ctx, train);
   const int64_t heads = options.heads, d = k.size(-1) / heads;
   q = q.view({B, -1, heads, d}).transpose(1, 2);
   k = k.view({B, -1, heads, d}).transpose(1, 2);
   v = v.view({B, -1, heads, d}).transpose(1, 2);
   auto o = at::scaled_dot_product_attention(q, k, v);
   o = o.transpose(1, 2).reshape({B, -1, heads * d}).to(q.scalar_type());
-  o = out_dropout(out_proj(o));
+  o = out_dropout(linear_with_adapter(out_proj, lora_out, o, train));
   if (spatial) o = o.transpose(-1, -2).reshape({B, C, H, W});
   if (options.residual_connection) o = o + x;
   if (options.rescale_output_factor != 1.0) o = o / options.rescale_output_factor;

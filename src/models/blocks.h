@@ -76,6 +76,22 @@ class Upsample2DImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Upsample2D);
 
+// A low-rank adapter on one Linear: y = base(x) + scale * B(A(dropout(x))) (peft's LoRA).
+// Its tensors are not children of the module it adapts, so the model's key tree (and its
+// safetensors files) stay those of diffusers; train/lora.h creates and owns them.
+struct LinearAdapter {
+  torch::Tensor A;  // [rank, in]
+  torch::Tensor B;  // [out, rank]
+  double scale = 1.0;
+  double dropout = 0.0;
+  bool enabled = true;
+  torch::Tensor forward(const torch::Tensor& x, bool training) const;
+};
+
+// base(x), plus the adapter's term when there is an enabled one.
+torch::Tensor linear_with_adapter(torch::nn::Linear& base, const std::shared_ptr<LinearAdapter>& adapter,
+                                  const torch::Tensor& x, bool training);
+
 struct AttentionOptions {
   int64_t query_dim = 0;
   int64_t cross_attention_dim = 0;  // 0: self-attention
@@ -103,6 +119,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::ModuleList to_out;  // [Linear, Dropout]
   torch::nn::Linear out_proj{nullptr};
   torch::nn::Dropout out_dropout{nullptr};
+  // Optional LoRA adapters on to_q, to_k, to_v, to_out.0 (see train/lora.h).
+  std::shared_ptr<LinearAdapter> lora_q, lora_k, lora_v, lora_out;
 };
 TORCH_MODULE(Attention);
 

@@ -1,0 +1,68 @@
+// LoRA, the baseline LISA is compared against: low-rank adapters on the attention
+// projections of a model (peft's LoraConfig semantics: rank r, lora_alpha, target_modules,
+// init_lora_weights), trained by the same fused optimizer, saved as diffusers'
+// `pytorch_lora_weights.safetensors` that `load_lora_weights` accepts.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "models/blocks.h"
+
+namespace lisadiff::train {
+
+struct LoraOptions {
+  int64_t rank = 4;
+  double alpha = -1;  // lora_alpha; < 0 means alpha = rank (scale 1), as the diffusers scripts set it
+  // Suffixes of the adapted Linear modules. Supported: to_q, to_k, to_v, to_out.0.
+  std::vector<std::string> target_modules = {"to_q", "to_k", "to_v", "to_out.0"};
+  // "kaiming": peft's default (A ~ kaiming_uniform(a = sqrt 5)); "gaussian": A ~ N(0, 1/rank)
+  // (the Diffusion-DPO script's choice). B = 0 either way, so training starts from the base.
+  std::string init = "kaiming";
+  double dropout = 0.0;
+};
+
+class Lora {
+ public:
+  // Attaches adapters to every attention module of `model` whose projections match the
+  // targets, in named_modules order, drawing the initial values from the default generator
+  // in peft's order (so the same seed gives peft's adapters). The model's own parameters
+  // are frozen (requires_grad = false); the adapters are fp32 on the model's device.
+  Lora(torch::nn::Module& model, LoraOptions options);
+  ~Lora();  // detaches the adapters
+  Lora(const Lora&) = delete;
+  Lora& operator=(const Lora&) = delete;
+
+  // peft's state-dict names ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight")
+  // and tensors, in order; these are what the optimizer trains.
+  const std::vector<std::pair<std::string, torch::Tensor>>& parameters() const { return params_; }
+  int64_t parameter_count() const;
+  double scale() const { return scale_; }
+
+  // Writes `<dir>/pytorch_lora_weights.safetensors` with diffusers' key names
+  // ("<prefix>.<peft name>", prefix "unet"), atomically.
+  void save(const std::filesystem::path& dir, const std::string& prefix = "unet") const;
+  // Loads adapter values saved by save() or by diffusers' save_lora_weights.
+  void load(const std::filesystem::path& file, const std::string& prefix = "unet");
+
+  void set_enabled(bool enabled);
+
+ private:
+  LoraOptions options_;
+  double scale_ = 1.0;
+  std::vector<std::pair<std::string, torch::Tensor>> params_;
+  // Each adapter and the attention module slot it is attached to (0 to_q, 1 to_k, 2 to_v,
+  // 3 to_out.0).
+  struct Attached {
+    std::shared_ptr<models::AttentionImpl> attention;
+    int slot;
+    std::shared_ptr<models::LinearAdapter> adapter;
+  };
+  std::vector<Attached> attached_;
+};
+
+}  // namespace lisadiff::train

@@ -1,0 +1,135 @@
+// LoRA: peft's initialisation, 10 training steps against a Python (diffusers + peft)
+// reference, and a file that diffusers' load_lora_weights accepts.
+#include <gtest/gtest.h>
+
+#include <iostream>
+
+#include "io/safetensors.h"
+#include "models/unet.h"
+#include "train/fused_optimizer.h"
+#include "train/lora.h"
+#include "test_util.h"
+
+namespace lisadiff {
+namespace {
+
+using io::SafetensorsReader;
+using testing::close_tensor;
+using testing::fixtures_dir;
+
+std::filesystem::path micro_unet() { return fixtures_dir() / "pipelines/micro-sd/unet"; }
+
+// With the same seed, the adapters are peft's, bit for bit, under both initialisations.
+TEST(Lora, InitialisationEqualsPeft) {
+  SafetensorsReader ref(fixtures_dir() / "train/lora_unet.safetensors");
+  struct Case {
+    std::string name;
+    train::LoraOptions options;
+  };
+  train::LoraOptions gaussian, kaiming;
+  gaussian.rank = 4;
+  gaussian.alpha = 4;
+  gaussian.init = "gaussian";
+  kaiming.rank = 2;
+  kaiming.alpha = 4;
+  for (const auto& c : {Case{"gaussian", gaussian}, Case{"kaiming", kaiming}}) {
+    auto unet = models::load_unet(micro_unet());
+    torch::manual_seed(11);
+    train::Lora lora(*unet, c.options);
+    std::size_t n = 0;
+    for (const auto& e : ref.entries()) n += e.name.rfind("init_" + c.name + ".", 0) == 0;
+    ASSERT_EQ(lora.parameters().size(), n) << c.name;
+    for (const auto& [name, t] : lora.parameters()) {
+      EXPECT_TRUE(testing::same_tensor(t, ref.tensor("init_" + c.name + "." + name))) << c.name << " " << name;
+    }
+    EXPECT_DOUBLE_EQ(lora.scale(), c.name == "gaussian" ? 1.0 : 2.0);
+  }
+}
+
+TEST(Lora, TrainingMatchesPeftAndDiffusersLoadsTheFile) {
+  SafetensorsReader ref(fixtures_dir() / "train/lora_unet.safetensors");
+  auto unet = models::load_unet(micro_unet());
+  unet->train();
+  std::map<std::string, torch::Tensor> base;
+  for (const auto& p : unet->named_parameters()) base[p.key()] = p.value().clone();
+  torch::manual_seed(11);
+  train::LoraOptions lo;
+  lo.rank = 4;
+  lo.alpha = 4;
+  lo.init = "gaussian";
+  train::Lora lora(*unet, lo);
+  train::FusedOptimizerOptions o;
+  o.adamw = {1e-2, 0.9, 0.999, 1e-8, 1e-2};
+  o.lr_at = [](int64_t s) { return 1e-2 * std::min(1.0, static_cast<double>(s + 1) / 4.0); };
+  o.max_grad_norm = 1.0;
+  o.kernel = train::AdamWKernel::kSingle;
+  train::FusedOptimizer opt(lora.parameters(), o);
+  const auto latents = ref.tensor("data.latents"), noise = ref.tensor("data.noise");
+  const auto timesteps = ref.tensor("data.timesteps"), context = ref.tensor("data.context");
+  const auto losses = ref.tensor("train.losses");
+  double worst_loss = 0;
+  for (int64_t step = 0; step < 10; ++step) {
+    auto loss = torch::mse_loss(unet->forward(latents[step] + noise[step], timesteps[step], context[step]), noise[step]);
+    worst_loss = std::max(worst_loss, std::abs(loss.item<double>() - losses[step].item<double>()));
+    loss.backward();
+    opt.finish_step();
+  }
+  EXPECT_LT(worst_loss, 1e-5);
+  for (const auto& [name, t] : lora.parameters()) {
+    EXPECT_TRUE(close_tensor(name, t, ref.tensor("train.final." + name), 1e-6, 1e-4));
+  }
+  for (const auto& p : unet->named_parameters()) {
+    EXPECT_TRUE(testing::same_tensor(p.value(), base[p.key()])) << p.key() << " changed: LoRA must leave the base alone";
+  }
+  torch::Tensor probe;
+  {
+    torch::NoGradGuard no_grad;
+    probe = unet->forward(latents[0], timesteps[0], context[0]);
+  }
+  EXPECT_TRUE(close_tensor("probe output", probe, ref.tensor("train.probe_output"), 1e-5, 1e-4));
+  std::cout << "max |loss diff| " << worst_loss << "\n";
+
+  // The saved file loads in diffusers (pipe.load_lora_weights) and gives the same UNet output.
+  testing::TempDir tmp;
+  lora.save(tmp.path() / "lora");
+  io::SafetensorsReader saved(tmp.path() / "lora/pytorch_lora_weights.safetensors");
+  EXPECT_TRUE(saved.contains("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"));
+  const auto [rc, out] = testing::run_command(
+      testing::test_python() + " " + (testing::tests_dir() / "train/check_lora_loads.py").string() + " " +
+      (fixtures_dir() / "pipelines/micro-sd").string() + " " + (tmp.path() / "lora").string() + " " +
+      (fixtures_dir() / "train/lora_unet.safetensors").string() + " 2>&1");
+  ASSERT_EQ(rc, 0) << out;
+  const auto result = nlohmann::json::parse(out.substr(out.rfind("RESULT ") + 7));
+  EXPECT_EQ(result["adapter_tensors"].get<std::size_t>(), lora.parameters().size());
+  EXPECT_LT(result["max_abs_diff"].get<double>(), 1e-5) << out;
+
+  // Loading it back into fresh adapters restores the values.
+  auto other = models::load_unet(micro_unet());
+  train::Lora again(*other, lo);
+  again.load(tmp.path() / "lora/pytorch_lora_weights.safetensors");
+  for (std::size_t i = 0; i < lora.parameters().size(); ++i) {
+    EXPECT_TRUE(testing::same_tensor(again.parameters()[i].second, lora.parameters()[i].second));
+  }
+}
+
+TEST(Lora, BadInput) {
+  auto unet = models::load_unet(micro_unet());
+  train::LoraOptions lo;
+  lo.target_modules = {"to_q", "proj_in"};
+  EXPECT_THROW_WITH(train::Lora(*unet, lo), "LoRA target module 'proj_in' is not supported");
+  lo = {};
+  lo.rank = 0;
+  EXPECT_THROW_WITH(train::Lora(*unet, lo), "LoRA rank must be positive");
+  testing::TempDir tmp;
+  {
+    train::Lora small(*unet, {});
+    small.save(tmp.path());
+  }
+  train::LoraOptions big;
+  big.rank = 8;
+  train::Lora lora(*unet, big);
+  EXPECT_THROW_WITH(lora.load(tmp.path() / "pytorch_lora_weights.safetensors"), "lora_A.weight", "another rank?");
+}
+
+}  // namespace
+}  // namespace lisadiff
