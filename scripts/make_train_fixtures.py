@@ -15,6 +15,10 @@ writes
                       passed to the k-th step(), k = 1..), "<case>.shadow.<k>.<name>" (the
                       shadow after it); plus the LCM target update (update_ema of
                       train_lcm_distill_sd_wds.py) as "lcm.target.<k>.<name>".
+  ema_unet/config.json
+                      what EMAModel.save_pretrained writes for the micro-sd UNet (UNet config
+                      plus decay, optimization_step, ...); the weights it writes are the
+                      committed micro-sd UNet file, byte for byte.
 
 The output is deterministic: seeded inputs, JSON written with sorted keys, and safetensors
 metadata limited to {"format": "pt"} (more than one key would make the bytes vary).
@@ -159,6 +163,31 @@ def lcm_target_case(seed: int, tensors: dict, record: dict, rate: float = 0.95) 
     record["lcm"] = {"rate": rate, "steps": 5}
 
 
+def write_ema_folder(folder: Path) -> None:
+    """EMAModel.save_pretrained's folder for the micro-sd UNet: config.json (the UNet config
+    plus the EMA fields) is kept; its weights are the committed micro-sd UNet file, byte for
+    byte (the EMA has taken no step), which the test copies beside it."""
+    import shutil
+    import tempfile
+
+    from diffusers import UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
+
+    unet_dir = Path("tests/fixtures/pipelines/micro-sd/unet")  # relative: config.json records it
+    unet = UNet2DConditionModel.from_pretrained(REPO / unet_dir)
+    unet.register_to_config(_name_or_path=str(unet_dir))
+    ema = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, power=0.75,
+                   model_cls=UNet2DConditionModel, model_config=unet.config)
+    ema.load_state_dict({"optimization_step": 7})
+    with tempfile.TemporaryDirectory() as tmp:
+        ema.save_pretrained(tmp)
+        weights = (Path(tmp) / "diffusion_pytorch_model.safetensors").read_bytes()
+        if weights != (REPO / unet_dir / "diffusion_pytorch_model.safetensors").read_bytes():
+            raise SystemExit("EMAModel.save_pretrained wrote other weights than micro-sd's UNet file")
+        (folder / "ema_unet").mkdir(exist_ok=True)
+        shutil.copy(Path(tmp) / "config.json", folder / "ema_unet" / "config.json")
+
+
 def write_ema(folder: Path, seed: int) -> None:
     from safetensors.torch import save_file
 
@@ -180,6 +209,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     write_schedules(args.out / "lr_schedules.json")
     write_ema(args.out, args.seed)
+    write_ema_folder(args.out)
     import diffusers
     print(json.dumps({"out": str(args.out), "torch": torch.__version__, "diffusers": diffusers.__version__}))
 

@@ -297,6 +297,39 @@ TEST(EMA, SavePretrainedWritesTheDiffusersFolder) {
   EXPECT_THROW_WITH(other.load_pretrained(dir / "nowhere"), "nowhere", "config.json");
 }
 
+TEST(EMAParityFolder, LoadsAndWritesWhatEMAModelSavePretrainedWrites) {
+  // diffusers wrote ema_unet/config.json for the micro-sd UNet; its weights file is the
+  // committed micro-sd UNet file byte for byte (make_train_fixtures.py checks that).
+  const auto unet_weights = fixtures_dir() / "pipelines" / "micro-sd" / "unet" / "diffusion_pytorch_model.safetensors";
+  const auto diffusers_config = read_json(train_dir() / "ema_unet" / "config.json");
+  const TempDir dir;
+  std::filesystem::create_directories(dir / "theirs");
+  std::filesystem::copy_file(train_dir() / "ema_unet" / "config.json", dir / "theirs" / "config.json");
+  std::filesystem::copy_file(unet_weights, dir / "theirs" / "diffusion_pytorch_model.safetensors");
+
+  const SafetensorsReader weights(unet_weights);
+  NamedTensors zeros;
+  for (const auto& e : weights.entries()) zeros.emplace_back(e.name, torch::zeros(e.shape));
+  EMA ema(zeros);
+  ema.load_pretrained(dir / "theirs");
+  EXPECT_EQ(ema.optimization_step(), 7);
+  EXPECT_EQ(ema.options().decay, 0.999);
+  EXPECT_TRUE(ema.options().use_ema_warmup);
+  EXPECT_EQ(ema.options().power, 0.75);
+  for (const auto& e : weights.entries()) EXPECT_TRUE(testing::same_tensor(ema.shadow(e.name), weights.tensor(e.name)));
+
+  // Written back with the UNet's own config, the folder is diffusers': the same JSON values
+  // (key order aside) and the same weight bytes.
+  config::Json unet_config = diffusers_config;
+  for (const auto* key : {"decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power"}) {
+    unet_config.erase(key);
+  }
+  ema.save_pretrained(dir / "ours", unet_config);
+  const auto ours = read_json(dir / "ours" / "config.json");
+  EXPECT_EQ(nlohmann::json(ours), nlohmann::json(diffusers_config));
+  EXPECT_EQ(testing::read_file(dir / "ours" / "diffusion_pytorch_model.safetensors"), testing::read_file(unet_weights));
+}
+
 TEST(EMA, BadInputIsAClearError) {
   EXPECT_THROW_WITH(EMA({{"a", torch::zeros({1})}, {"a", torch::zeros({1})}}), "'a' is listed twice");
   EXPECT_THROW_WITH(EMA({{"i", torch::zeros({1}, torch::kInt64)}}), "'i' is not a floating-point tensor");
