@@ -171,12 +171,16 @@ TEST(EMA, ShadowsAreFloat32CopiesOnTheChosenDevice) {
 
 TEST(EMA, ForeachAndDefaultPathsAgree) {
   torch::manual_seed(3);
-  NamedTensors init = {{"x", torch::randn({7, 5})}, {"y", torch::randn({11})}};
+  // "z" is a bfloat16 parameter (a frozen LISA tensor kept in half precision): the foreach
+  // kernels take their per-tensor route for it.
+  NamedTensors init = {{"x", torch::randn({7, 5})}, {"y", torch::randn({11})}, {"z", torch::randn({6}).to(torch::kBFloat16)}};
   EMAOptions fe;
   fe.foreach = true;
   EMA a(init), b(init, fe);
   for (int k = 0; k < 20; ++k) {
-    NamedTensors live = {{"x", torch::randn({7, 5}).requires_grad_(k % 2 == 0)}, {"y", torch::randn({11}).requires_grad_(true)}};
+    NamedTensors live = {{"x", torch::randn({7, 5}).requires_grad_(k % 2 == 0)},
+                         {"y", torch::randn({11}).requires_grad_(true)},
+                         {"z", torch::randn({6}).to(torch::kBFloat16).requires_grad_(k % 3 == 0)}};
     a.step(live);
     b.step(live);
   }
