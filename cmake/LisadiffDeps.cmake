@@ -26,3 +26,10 @@ pkg_check_modules(UTF8PROC REQUIRED libutf8proc)
 add_library(lisadiff_utf8proc INTERFACE IMPORTED)
 target_include_directories(lisadiff_utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIRS})
 target_link_libraries(lisadiff_utf8proc INTERFACE ${UTF8PROC_LINK_LIBRARIES})
+
+# stb (header-only as lisadiff uses it): each implementation is compiled, with its functions
+# static, into the one source that needs it, e.g. src/tools/raster.cpp for stb_image_write.
+find_path(LISADIFF_STB_INCLUDE stb/stb_image_write.h)
+if(NOT LISADIFF_STB_INCLUDE)
+  message(FATAL_ERROR "stb headers (stb/stb_image_write.h) not found: run scripts/setup.sh (Debian libstb-dev)")
+endif()

@@ -20,7 +20,8 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
-  const std::vector<cli::CommandRunner> commands = {cli::add_inspect(app), cli::add_init_pipeline(app)};
+  const std::vector<cli::CommandRunner> commands = {cli::add_inspect(app), cli::add_init_pipeline(app),
+                                                    cli::add_plot(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
