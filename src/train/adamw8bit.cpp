@@ -4,7 +4,6 @@
 #include <cmath>
 #include <map>
 #include <mutex>
-#include <set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
