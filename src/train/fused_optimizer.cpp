@@ -68,7 +68,11 @@ void FusedOptimizer::adamw_step(torch::Tensor& p, const torch::Tensor& grad, Ada
 }
 
 FusedOptimizer::FusedOptimizer(std::vector<std::pair<std::string, torch::Tensor>> params, FusedOptimizerOptions options)
-    : params_(std::move(params)), options_(std::move(options)), states_(params_.size()) {
+    : params_(std::move(params)),
+      options_(std::move(options)),
+      states_(params_.size()),
+      states8_(params_.size()),
+      steps8_(params_.size(), 0) {
   if (!options_.lr_at) {
     const double lr = options_.adamw.lr;
     options_.lr_at = [lr](int64_t) { return lr; };
@@ -104,7 +108,14 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   }
   sq_norm_ += norm * norm;
   ++stepped_;
-  adamw_step(p, grad, states_[i], options_.adamw, options_.lr_at(global_step_), options_.kernel);
+  const double lr = options_.lr_at(global_step_);
+  if (options_.use_8bit_adam) {
+    if (!states8_[i]) states8_[i] = std::make_unique<AdamW8bitState>(p, params_[i].first);
+    const auto& a = options_.adamw;
+    states8_[i]->step(p, grad, AdamWHyper{lr, a.beta1, a.beta2, a.eps, a.weight_decay}, ++steps8_[i]);
+  } else {
+    adamw_step(p, grad, states_[i], options_.adamw, lr, options_.kernel);
+  }
   grad.reset();  // free the gradient now
 }
 
@@ -118,10 +129,16 @@ int64_t FusedOptimizer::finish_step() {
 
 double FusedOptimizer::current_lr() const { return options_.lr_at(global_step_); }
 
-void FusedOptimizer::drop_state(const std::string& name) { states_.at(index_.at(name)) = AdamWState{}; }
+void FusedOptimizer::drop_state(const std::string& name) {
+  const auto i = index_.at(name);
+  states_[i] = AdamWState{};
+  states8_[i].reset();
+  steps8_[i] = 0;
+}
 
 bool FusedOptimizer::has_state(const std::string& name) const {
-  return states_.at(index_.at(name)).exp_avg.defined();
+  const auto i = index_.at(name);
+  return states_[i].exp_avg.defined() || states8_[i] != nullptr;
 }
 
 const AdamWState* FusedOptimizer::state(const std::string& name) const {
@@ -139,6 +156,7 @@ std::int64_t FusedOptimizer::state_bytes() const {
     if (!s.exp_avg.defined()) continue;
     bytes += s.exp_avg.nbytes() + s.exp_avg_sq.nbytes() + s.step.nbytes();
   }
+  for (const auto& s : states8_) bytes += s ? s->state_bytes() : 0;
   return bytes;
 }
 

@@ -24,6 +24,8 @@
 
 #include <torch/torch.h>
 
+#include "train/adamw8bit.h"
+
 namespace lisadiff::train {
 
 struct AdamWOptions {
@@ -47,6 +49,9 @@ struct FusedOptimizerOptions {
   // semantics: the first update uses lr_at(0)). Default: constant adamw.lr.
   std::function<double(int64_t step)> lr_at;
   double max_grad_norm = 0.0;  // per parameter; <= 0 disables clipping
+  // 8-bit AdamW (block-wise quantised moments, train/adamw8bit.h) instead of fp32 moments:
+  // about 2 bytes of state per element instead of 8. `kernel` is then unused.
+  bool use_8bit_adam = false;
   // Data parallel: called with each gradient on sync steps before clipping (e.g. all-reduce
   // average). Must be deterministic and identical on every rank.
   std::function<void(torch::Tensor& grad)> grad_reducer;
@@ -105,6 +110,8 @@ class FusedOptimizer {
   std::map<std::string, std::size_t> index_;
   FusedOptimizerOptions options_;
   std::vector<AdamWState> states_;
+  std::vector<std::unique_ptr<AdamW8bitState>> states8_;
+  std::vector<int64_t> steps8_;
   bool sync_ = true;
   int64_t global_step_ = 0;
   double sq_norm_ = 0.0, last_grad_norm_ = 0.0;
