@@ -19,6 +19,10 @@
 
 namespace lisadiff::models {
 
+// The diffusers release whose file formats lisadiff writes (and the fixtures check;
+// requirements.txt pins it). diffusers parses `_diffusers_version`.
+inline constexpr const char* kDiffusersFormatVersion = "0.42.1";
+
 // Maps a key as stored in a file to the model's key (legacy spellings), or nullopt to keep it.
 using KeyAlias = std::function<std::optional<std::string>(const std::string& file_key)>;
 

@@ -1,6 +1,7 @@
 #include "models/unet.h"
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "models/checkpoint.h"
 
 namespace lisadiff::models {
@@ -230,6 +231,14 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, con
   }
   h = activation(config.act_fn, conv_norm_out(h));
   return conv_out(h);
+}
+
+void save_unet(const UNet2DConditionModelImpl& unet, const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  auto json = unet.config.to_json();
+  json["_diffusers_version"] = kDiffusersFormatVersion;
+  io::write_file_atomic(dir / "config.json", json.dump(2) + "\n");
+  save_parameters(unet, dir / "diffusion_pytorch_model.safetensors");
 }
 
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const LoadOptions& options, const std::string& variant) {

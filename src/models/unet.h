@@ -89,6 +89,10 @@ TORCH_MODULE(UNet2DConditionModel);
 // ..., "up_blocks.0", ..., "mid_block", "conv_norm_out", "conv_out"), for reports.
 std::vector<std::string> unet_top_level_blocks(const config::UNet2DConditionConfig& config);
 
+// Writes `<dir>/config.json` and `<dir>/diffusion_pytorch_model.safetensors` (float32 as the
+// model holds it), as diffusers' save_pretrained does; each file atomically.
+void save_unet(const UNet2DConditionModelImpl& unet, const std::filesystem::path& dir);
+
 // Reads `<dir>/config.json` and the weights (variant: "fp16", ... or empty) into a model of
 // options.dtype on options.device, in eval mode.
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const LoadOptions& options = {},

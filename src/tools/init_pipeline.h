@@ -9,11 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "models/state.h"
+
 namespace lisadiff::tools {
 
 // Versions written into the configs: the diffusers/transformers releases whose file formats
 // the fixtures check (requirements.txt pins them). diffusers parses _diffusers_version.
-inline constexpr const char* kDiffusersVersion = "0.42.1";
+inline constexpr const char* kDiffusersVersion = models::kDiffusersFormatVersion;
 inline constexpr const char* kTransformersVersion = "5.23.0";
 
 struct InitPipelineOptions {

@@ -160,4 +160,70 @@ std::int64_t FusedOptimizer::state_bytes() const {
   return bytes;
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> FusedOptimizer::state_tensors() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto& name = params_[i].first;
+    if (states_[i].exp_avg.defined()) {
+      out.emplace_back(name + "/exp_avg", states_[i].exp_avg);
+      out.emplace_back(name + "/exp_avg_sq", states_[i].exp_avg_sq);
+      out.emplace_back(name + "/step", states_[i].step);
+    }
+    if (states8_[i]) {
+      for (auto& [k, t] : states8_[i]->state_tensors()) out.emplace_back(name + "/8bit/" + k, t);
+      out.emplace_back(name + "/8bit/step", torch::tensor(steps8_[i], torch::kInt64));
+    }
+  }
+  return out;
+}
+
+void FusedOptimizer::load_state_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                                        const std::string& source) {
+  std::map<std::string, std::map<std::string, torch::Tensor>> by_param;
+  for (const auto& [key, t] : tensors) {
+    const auto slash = key.find('/');
+    if (slash == std::string::npos) throw Error(source, tensor_key(key), "not an optimizer state name (<param>/<field>)");
+    const auto param = key.substr(0, slash);
+    if (!index_.count(param)) throw Error(source, tensor_key(key), "state for a parameter this optimizer does not have");
+    by_param[param][key.substr(slash + 1)] = t;
+  }
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    states_[i] = AdamWState{};
+    states8_[i].reset();
+    steps8_[i] = 0;
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [param, fields] : by_param) {
+    const auto i = index_.at(param);
+    const auto& p = params_[i].second;
+    if (fields.count("exp_avg")) {
+      for (const char* f : {"exp_avg", "exp_avg_sq", "step"}) {
+        if (!fields.count(f)) throw Error(source, tensor_key(param + "/" + f), "missing");
+      }
+      for (const char* f : {"exp_avg", "exp_avg_sq"}) {
+        if (!fields.at(f).sizes().equals(p.sizes())) {
+          throw Error(source, tensor_key(param + "/" + f), "shape differs from the parameter's");
+        }
+      }
+      AdamWState st;
+      st.exp_avg = fields.at("exp_avg").to(p.device(), p.scalar_type()).clone();
+      st.exp_avg_sq = fields.at("exp_avg_sq").to(p.device(), p.scalar_type()).clone();
+      st.step = fields.at("step").to(torch::kFloat32).clone();
+      st.steps = static_cast<int64_t>(st.step.item<double>());
+      states_[i] = std::move(st);
+    } else {
+      std::vector<std::pair<std::string, torch::Tensor>> eight;
+      for (auto& [f, t] : fields) {
+        if (f.rfind("8bit/", 0) != 0) throw Error(source, tensor_key(param + "/" + f), "unknown optimizer state field");
+        if (f == "8bit/step") {
+          steps8_[i] = t.item<int64_t>();
+        } else {
+          eight.emplace_back(f.substr(5), t);
+        }
+      }
+      states8_[i] = std::make_unique<AdamW8bitState>(AdamW8bitState::from_state_tensors(p, eight, source, param));
+    }
+  }
+}
+
 }  // namespace lisadiff::train

@@ -96,6 +96,12 @@ class FusedOptimizer {
   const AdamWState* state(const std::string& name) const;
   void set_state(const std::string& name, AdamWState state);
   std::int64_t state_bytes() const;  // bytes held by optimizer state now
+  // Every tensor's state for a checkpoint: "<param>/exp_avg", "<param>/exp_avg_sq",
+  // "<param>/step" (fp32 moments) or "<param>/8bit/<name>" and "<param>/8bit/step".
+  std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const;
+  // Replaces all state by the one in `tensors` (as state_tensors() wrote it); `source`
+  // names the file in errors.
+  void load_state_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& source);
   const std::vector<std::pair<std::string, torch::Tensor>>& params() const { return params_; }
 
   // The AdamW update for one parameter, exposed for tests and for the classic (unfused)

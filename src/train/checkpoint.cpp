@@ -1,0 +1,174 @@
+#include "train/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "config/json_fields.h"
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+
+namespace lisadiff::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kPrefix = "checkpoint-";
+constexpr const char* kMarker = "checkpoint.json";
+
+bool is_checkpoint_name(const std::string& name) {
+  if (name.rfind(kPrefix, 0) != 0 || name.size() == std::strlen(kPrefix)) return false;
+  return std::all_of(name.begin() + static_cast<long>(std::strlen(kPrefix)), name.end(),
+                     [](char c) { return c >= '0' && c <= '9'; });
+}
+
+}  // namespace
+
+CheckpointManager::CheckpointManager(fs::path output_dir, std::optional<int> total_limit)
+    : output_dir_(std::move(output_dir)), total_limit_(total_limit) {
+  if (total_limit_ && *total_limit_ < 1) {
+    throw Error(fmt::format("checkpoints_total_limit must be at least 1, found {}", *total_limit_));
+  }
+}
+
+std::vector<std::pair<int64_t, fs::path>> CheckpointManager::list() const {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  if (!fs::is_directory(output_dir_)) return out;
+  for (const auto& e : fs::directory_iterator(output_dir_)) {
+    const auto name = e.path().filename().string();
+    if (!e.is_directory() || !is_checkpoint_name(name)) continue;
+    if (!fs::exists(e.path() / kMarker)) {
+      spdlog::warn("{}: no {} (an interrupted save?); not a checkpoint", e.path().string(), kMarker);
+      continue;
+    }
+    out.emplace_back(std::stoll(name.substr(std::strlen(kPrefix))), e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+int64_t CheckpointManager::step_of(const fs::path& checkpoint) {
+  const auto json = config::read_json_file(checkpoint / kMarker);
+  if (!json.contains("global_step") || !json["global_step"].is_number_integer()) {
+    throw Error((checkpoint / kMarker).string(), "field 'global_step': expected an integer");
+  }
+  return json["global_step"].get<int64_t>();
+}
+
+std::optional<fs::path> CheckpointManager::find(const std::string& resume_from) const {
+  const auto all = list();
+  if (resume_from == "latest") {
+    if (all.empty()) return std::nullopt;
+    return all.back().second;
+  }
+  const auto name = fs::path(resume_from).filename().string();
+  for (const auto& [step, path] : all) {
+    if (path.filename() == name) return path;
+  }
+  return std::nullopt;
+}
+
+fs::path CheckpointManager::save(int64_t step, const std::function<void(const fs::path& dir)>& write) {
+  fs::create_directories(output_dir_);
+  // Leftovers of interrupted saves (of any process) go first.
+  for (const auto& e : fs::directory_iterator(output_dir_)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind(".checkpoint-", 0) == 0 && name.find(".tmp-") != std::string::npos) {
+      spdlog::warn("removing {} (left by an interrupted checkpoint save)", e.path().string());
+      fs::remove_all(e.path());
+    }
+  }
+  if (total_limit_) {
+    auto existing = list();
+    if (static_cast<int>(existing.size()) >= *total_limit_) {
+      const std::size_t remove = existing.size() - static_cast<std::size_t>(*total_limit_) + 1;
+      for (std::size_t i = 0; i < remove; ++i) {
+        spdlog::info("checkpoints_total_limit {}: removing {}", *total_limit_, existing[i].second.string());
+        fs::remove_all(existing[i].second);
+      }
+    }
+  }
+  const fs::path final_dir = output_dir_ / (kPrefix + std::to_string(step));
+  const fs::path tmp = output_dir_ / fmt::format(".{}{}.tmp-{}", kPrefix, step, ::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  try {
+    write(tmp);
+    nlohmann::json files = nlohmann::json::array();
+    for (const auto& e : fs::recursive_directory_iterator(tmp)) {
+      if (e.is_regular_file()) files.push_back(fs::relative(e.path(), tmp).string());
+    }
+    std::sort(files.begin(), files.end());
+    const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch());
+    io::write_file_atomic(tmp / kMarker,
+                          nlohmann::json{{"global_step", step}, {"saved_at_unix", now.count()}, {"files", files}}.dump(1) + "\n");
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // a re-save of the same step
+    fs::rename(tmp, final_dir);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    throw;
+  }
+  spdlog::info("saved {}", final_dir.string());
+  return final_dir;
+}
+
+void save_optimizer_state(const FusedOptimizer& optimizer, const fs::path& file) {
+  io::NamedTensors tensors;
+  for (auto& [k, t] : optimizer.state_tensors()) tensors.emplace_back(k, t.contiguous());
+  io::write_safetensors(file, tensors, {{"format", "pt"}});
+}
+
+void load_optimizer_state(FusedOptimizer& optimizer, const fs::path& file) {
+  io::SafetensorsReader reader(file);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& e : reader.entries()) tensors.emplace_back(e.name, reader.tensor(e.name));
+  optimizer.load_state_tensors(tensors, file.string());
+}
+
+void save_rng_states(const fs::path& file) {
+  io::NamedTensors states;
+  auto cpu = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(cpu.mutex());
+    states.emplace_back("cpu", cpu.get_state());
+  }
+  if (torch::cuda::is_available()) {
+    for (int64_t d = 0; d < static_cast<int64_t>(torch::cuda::device_count()); ++d) {
+      auto gen = at::globalContext().defaultGenerator(torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d)));
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      states.emplace_back("cuda:" + std::to_string(d), gen.get_state());
+    }
+  }
+  io::write_safetensors(file, states, {{"format", "pt"}});
+}
+
+void load_rng_states(const fs::path& file) {
+  io::SafetensorsReader reader(file);
+  for (const auto& e : reader.entries()) {
+    at::Generator gen;
+    if (e.name == "cpu") {
+      gen = at::detail::getDefaultCPUGenerator();
+    } else if (e.name.rfind("cuda:", 0) == 0) {
+      const int64_t d = std::stoll(e.name.substr(5));
+      if (!torch::cuda::is_available() || d >= static_cast<int64_t>(torch::cuda::device_count())) {
+        spdlog::warn("{}: RNG state of {} skipped (no such device here)", file.string(), e.name);
+        continue;
+      }
+      gen = at::globalContext().defaultGenerator(torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d)));
+    } else {
+      throw Error(file.string(), tensor_key(e.name), "unknown generator");
+    }
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(reader.tensor(e.name).clone());
+  }
+}
+
+}  // namespace lisadiff::train
