@@ -73,6 +73,7 @@ FusedOptimizer::FusedOptimizer(std::vector<std::pair<std::string, torch::Tensor>
       states_(params_.size()),
       states8_(params_.size()),
       steps8_(params_.size(), 0) {
+  if (options_.loss_scaling.enabled) scale_ = options_.loss_scaling.init_scale;
   if (!options_.lr_at) {
     const double lr = options_.adamw.lr;
     options_.lr_at = [lr](int64_t) { return lr; };
@@ -100,6 +101,14 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   if (!grad.defined()) return;
   torch::NoGradGuard no_grad;
   if (options_.grad_reducer) options_.grad_reducer(grad);
+  if (options_.loss_scaling.enabled) {
+    grad.mul_(1.0 / scale_);  // exact: the scale is a power of two
+    if (!torch::isfinite(grad).all().item<bool>()) {
+      ++skipped_;
+      grad.reset();
+      return;
+    }
+  }
   double norm;
   if (options_.max_grad_norm > 0) {
     norm = clip_grad_norm_(grad, options_.max_grad_norm);
@@ -120,6 +129,18 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
 }
 
 int64_t FusedOptimizer::finish_step() {
+  const auto& ls = options_.loss_scaling;
+  if (ls.enabled) {
+    if (skipped_ > 0) {
+      scale_ *= ls.backoff_factor;
+      growth_tracker_ = 0;
+    } else if (++growth_tracker_ == ls.growth_interval) {
+      scale_ *= ls.growth_factor;
+      growth_tracker_ = 0;
+    }
+  }
+  last_skipped_ = skipped_;
+  skipped_ = 0;
   last_grad_norm_ = std::sqrt(sq_norm_);
   last_stepped_tensors_ = stepped_;
   sq_norm_ = 0.0;

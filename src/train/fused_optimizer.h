@@ -42,6 +42,22 @@ enum class AdamWKernel {
   kFused,   // ATen's _fused_adamw_ kernel (one launch per parameter on CUDA)
 };
 
+// Dynamic loss scaling for fp16 training, compatible with fused steps (GradScaler's
+// constants). The loop multiplies the loss by loss_scale() before backward. Each hook
+// unscales its tensor's gradient and checks it: a non-finite gradient skips *that tensor's*
+// update (earlier tensors of the same backward pass have already stepped with finite
+// gradients: a fused step cannot be undone, which is the documented difference from
+// GradScaler's all-or-nothing step); finish_step() then halves the scale. After
+// growth_interval clean steps the scale doubles. Scales are powers of two, so unscaling is
+// exact: without overflow a scaled run equals an unscaled one bit for bit.
+struct LossScaling {
+  bool enabled = false;
+  double init_scale = 65536.0;
+  double growth_factor = 2.0;
+  double backoff_factor = 0.5;
+  int64_t growth_interval = 2000;
+};
+
 struct FusedOptimizerOptions {
   AdamWOptions adamw;
   AdamWKernel kernel = AdamWKernel::kAuto;
@@ -52,6 +68,7 @@ struct FusedOptimizerOptions {
   // 8-bit AdamW (block-wise quantised moments, train/adamw8bit.h) instead of fp32 moments:
   // about 2 bytes of state per element instead of 8. `kernel` is then unused.
   bool use_8bit_adam = false;
+  LossScaling loss_scaling;
   // Data parallel: called with each gradient on sync steps before clipping (e.g. all-reduce
   // average). Must be deterministic and identical on every rank.
   std::function<void(torch::Tensor& grad)> grad_reducer;
@@ -82,6 +99,12 @@ class FusedOptimizer {
   int64_t finish_step();
 
   int64_t global_step() const { return global_step_; }
+  // Multiply the loss by this before backward (1 unless loss scaling is on).
+  double loss_scale() const { return scale_; }
+  void set_loss_scale(double scale, int64_t growth_tracker) { scale_ = scale, growth_tracker_ = growth_tracker; }
+  int64_t growth_tracker() const { return growth_tracker_; }
+  // Tensors whose update the last step skipped for a non-finite gradient.
+  int64_t last_skipped_tensors() const { return last_skipped_; }
   void set_global_step(int64_t step) { global_step_ = step; }
   double current_lr() const;  // the lr the next update uses
 
@@ -122,6 +145,8 @@ class FusedOptimizer {
   int64_t global_step_ = 0;
   double sq_norm_ = 0.0, last_grad_norm_ = 0.0;
   int64_t stepped_ = 0, last_stepped_tensors_ = 0;
+  double scale_ = 1.0;
+  int64_t growth_tracker_ = 0, skipped_ = 0, last_skipped_ = 0;
 };
 
 // Clips one gradient in place as torch.nn.utils.clip_grad_norm_ does for a single tensor:

@@ -133,6 +133,44 @@ TEST(FusedAdamW, GradientAccumulationStepsOnlyOnSync) {
   }
 }
 
+// fp16-style loss scaling: with power-of-two scales a run without overflow equals the
+// unscaled run bit for bit; an overflowing tensor skips its update and halves the scale;
+// after growth_interval clean steps the scale doubles.
+TEST(FusedAdamW, LossScalingIsExactAndBacksOff) {
+  torch::manual_seed(8);
+  auto a = mlp(), b = mlp();
+  {
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
+  }
+  const auto x = torch::randn({16, 8}), y = torch::randn({16, 1});
+  FusedOptimizerOptions plain, scaled;
+  scaled.loss_scaling.enabled = true;
+  scaled.loss_scaling.growth_interval = 3;
+  FusedOptimizer pa(named(*a), plain), pb(named(*b), scaled);
+  for (int s = 0; s < 7; ++s) {
+    torch::mse_loss(a->forward(x), y).backward();
+    pa.finish_step();
+    (torch::mse_loss(b->forward(x), y) * pb.loss_scale()).backward();
+    pb.finish_step();
+  }
+  for (std::size_t i = 0; i < a->parameters().size(); ++i) {
+    EXPECT_TRUE(testing::same_tensor(a->parameters()[i], b->parameters()[i])) << i;
+  }
+  EXPECT_EQ(pb.loss_scale(), 65536.0 * 4);  // doubled after steps 3 and 6
+  // An overflow in one tensor: it keeps its value, the others step, the scale halves.
+  const auto w_last = b->parameters().back().clone(), w_first = b->parameters()[0].clone();
+  auto out = b->forward(x);
+  auto loss = torch::mse_loss(out, y) * pb.loss_scale();
+  b->parameters().back().register_hook([](torch::Tensor g) { return g * std::numeric_limits<float>::infinity(); });
+  loss.backward();
+  pb.finish_step();
+  EXPECT_EQ(pb.last_skipped_tensors(), 1);
+  EXPECT_TRUE(torch::equal(b->parameters().back(), w_last));
+  EXPECT_FALSE(torch::equal(b->parameters()[0], w_first));
+  EXPECT_EQ(pb.loss_scale(), 65536.0 * 2);
+}
+
 // --use_8bit_adam in the fused optimizer: the same steps as AdamW8bitState on its own, and a
 // quarter of the state memory for large tensors.
 TEST(FusedAdamW, EightBitStatesThroughTheHooks) {
