@@ -12,6 +12,21 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+namespace {
+
+// One intra-op thread per test process (unless OMP_NUM_THREADS says otherwise): ctest runs
+// tests in parallel, and LibTorch's OpenMP threads spin while they wait, so two tests with
+// two threads each on two cores ran many times slower than with one thread each (the
+// training tests: minutes instead of seconds). Python reference checks started by the tests
+// inherit the variable.
+const bool kSingleThreaded = [] {
+  ::setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);
+  at::set_num_threads(std::max(1, std::atoi(std::getenv("OMP_NUM_THREADS"))));
+  return true;
+}();
+
+}  // namespace
+
 namespace lisadiff::testing {
 
 namespace {
