@@ -22,6 +22,8 @@ std::filesystem::path temp_name_for(const std::filesystem::path& target) {
   return target.parent_path() / name;
 }
 
+}  // namespace
+
 void fsync_directory(const std::filesystem::path& dir) {
   const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd >= 0) {
@@ -29,8 +31,6 @@ void fsync_directory(const std::filesystem::path& dir) {
     ::close(fd);
   }
 }
-
-}  // namespace
 
 AtomicFileWriter::AtomicFileWriter(std::filesystem::path target)
     : target_(std::move(target)), temp_(temp_name_for(target_)) {

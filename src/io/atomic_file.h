@@ -36,4 +36,7 @@ class AtomicFileWriter {
 // Writes `content` to `path` through an AtomicFileWriter.
 void write_file_atomic(const std::filesystem::path& path, std::string_view content);
 
+// fsync of a directory, so that a rename inside it survives a power loss (best effort).
+void fsync_directory(const std::filesystem::path& dir);
+
 }  // namespace lisadiff::io

@@ -44,7 +44,12 @@ struct AutocastState {
 class AutocastRestore {
  public:
   explicit AutocastRestore(const AutocastState& s) : saved_(AutocastState::capture()) { s.apply(); }
-  ~AutocastRestore() { saved_.apply(); }
+  ~AutocastRestore() {
+    saved_.apply();
+    // Casts cached while recomputing must not outlive it: the fused optimizer updates the
+    // weights in place right after (torch.autocast's exit clears the cache too).
+    if (!saved_.cpu.enabled && !saved_.cuda.enabled) at::autocast::clear_cache();
+  }
 
  private:
   AutocastState saved_;
@@ -66,6 +71,19 @@ void set_rng_state(at::Generator gen, const torch::Tensor& state) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   gen.set_state(state);
 }
+
+// Sets a generator to `state` and puts its current state back on destruction.
+class RngRestore {
+ public:
+  RngRestore(at::Generator gen, const torch::Tensor& state) : gen_(std::move(gen)), saved_(get_rng_state(gen_)) {
+    set_rng_state(gen_, state);
+  }
+  ~RngRestore() { set_rng_state(gen_, saved_); }
+
+ private:
+  at::Generator gen_;
+  torch::Tensor saved_;
+};
 
 // Inputs: the block's defined tensors. Everything else travels in saved_data.
 struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
@@ -101,15 +119,13 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
         ctx->saved_data["cache"].toBool()};
 
     auto gen = generator_for(inputs);
-    const auto rng_now = get_rng_state(gen);
-    set_rng_state(gen, ctx->saved_data["rng"].toTensor());
     TensorList outputs;
     {
+      RngRestore rng(gen, ctx->saved_data["rng"].toTensor());  // back to now, even on an exception
       AutocastRestore autocast(state);
       torch::AutoGradMode grad(true);
       outputs = holder->fn(inputs);
     }
-    set_rng_state(gen, rng_now);
 
     TensorList roots, grads;
     for (std::size_t i = 0; i < outputs.size() && i < grad_outputs.size(); ++i) {

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 
@@ -23,10 +24,16 @@ namespace {
 constexpr const char* kPrefix = "checkpoint-";
 constexpr const char* kMarker = "checkpoint.json";
 
-bool is_checkpoint_name(const std::string& name) {
-  if (name.rfind(kPrefix, 0) != 0 || name.size() == std::strlen(kPrefix)) return false;
-  return std::all_of(name.begin() + static_cast<long>(std::strlen(kPrefix)), name.end(),
-                     [](char c) { return c >= '0' && c <= '9'; });
+// The step of a "checkpoint-<digits>" name: canonical decimal (no leading zeros), fits int64.
+std::optional<int64_t> checkpoint_step(const std::string& name) {
+  if (name.rfind(kPrefix, 0) != 0) return std::nullopt;
+  const char* begin = name.data() + std::strlen(kPrefix);
+  const char* end = name.data() + name.size();
+  if (begin == end || (*begin == '0' && end - begin > 1)) return std::nullopt;
+  int64_t step = 0;
+  const auto [ptr, ec] = std::from_chars(begin, end, step);
+  if (ec != std::errc() || ptr != end) return std::nullopt;
+  return step;
 }
 
 }  // namespace
@@ -43,12 +50,17 @@ std::vector<std::pair<int64_t, fs::path>> CheckpointManager::list() const {
   if (!fs::is_directory(output_dir_)) return out;
   for (const auto& e : fs::directory_iterator(output_dir_)) {
     const auto name = e.path().filename().string();
-    if (!e.is_directory() || !is_checkpoint_name(name)) continue;
+    if (!e.is_directory() || name.rfind(kPrefix, 0) != 0) continue;
+    const auto step = checkpoint_step(name);
+    if (!step) {
+      spdlog::warn("{}: not a checkpoint name (checkpoint-<step>); ignored", e.path().string());
+      continue;
+    }
     if (!fs::exists(e.path() / kMarker)) {
       spdlog::warn("{}: no {} (an interrupted save?); not a checkpoint", e.path().string(), kMarker);
       continue;
     }
-    out.emplace_back(std::stoll(name.substr(std::strlen(kPrefix))), e.path());
+    out.emplace_back(*step, e.path());
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -80,19 +92,10 @@ fs::path CheckpointManager::save(int64_t step, const std::function<void(const fs
   // Leftovers of interrupted saves (of any process) go first.
   for (const auto& e : fs::directory_iterator(output_dir_)) {
     const auto name = e.path().filename().string();
-    if (name.rfind(".checkpoint-", 0) == 0 && name.find(".tmp-") != std::string::npos) {
+    if (name.rfind(".checkpoint-", 0) == 0 &&
+        (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos)) {
       spdlog::warn("removing {} (left by an interrupted checkpoint save)", e.path().string());
       fs::remove_all(e.path());
-    }
-  }
-  if (total_limit_) {
-    auto existing = list();
-    if (static_cast<int>(existing.size()) >= *total_limit_) {
-      const std::size_t remove = existing.size() - static_cast<std::size_t>(*total_limit_) + 1;
-      for (std::size_t i = 0; i < remove; ++i) {
-        spdlog::info("checkpoints_total_limit {}: removing {}", *total_limit_, existing[i].second.string());
-        fs::remove_all(existing[i].second);
-      }
     }
   }
   const fs::path final_dir = output_dir_ / (kPrefix + std::to_string(step));
@@ -109,12 +112,27 @@ fs::path CheckpointManager::save(int64_t step, const std::function<void(const fs
     const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch());
     io::write_file_atomic(tmp / kMarker,
                           nlohmann::json{{"global_step", step}, {"saved_at_unix", now.count()}, {"files", files}}.dump(1) + "\n");
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // a re-save of the same step
+    // A re-save of the same step: the old folder moves aside first and goes only once the
+    // new one is in place, so a crash in between leaves one of them.
+    const fs::path old = output_dir_ / fmt::format(".{}{}.old-{}", kPrefix, step, ::getpid());
+    if (fs::exists(final_dir)) fs::rename(final_dir, old);
     fs::rename(tmp, final_dir);
+    io::fsync_directory(output_dir_);
+    fs::remove_all(old);
   } catch (...) {
     std::error_code ignored;
     fs::remove_all(tmp, ignored);
     throw;
+  }
+  // Rotation once the new checkpoint is safely in place (diffusers rotates before saving,
+  // which leaves nothing when the save then fails): keep the newest `total_limit`.
+  if (total_limit_) {
+    auto existing = list();
+    while (static_cast<int>(existing.size()) > *total_limit_) {
+      spdlog::info("checkpoints_total_limit {}: removing {}", *total_limit_, existing.front().second.string());
+      fs::remove_all(existing.front().second);
+      existing.erase(existing.begin());
+    }
   }
   spdlog::info("saved {}", final_dir.string());
   return final_dir;
@@ -157,7 +175,10 @@ void load_rng_states(const fs::path& file) {
     if (e.name == "cpu") {
       gen = at::detail::getDefaultCPUGenerator();
     } else if (e.name.rfind("cuda:", 0) == 0) {
-      const int64_t d = std::stoll(e.name.substr(5));
+      int64_t d = -1;
+      const auto digits = e.name.substr(5);
+      std::from_chars(digits.data(), digits.data() + digits.size(), d);
+      if (d < 0) throw Error(file.string(), tensor_key(e.name), "not a CUDA device name");
       if (!torch::cuda::is_available() || d >= static_cast<int64_t>(torch::cuda::device_count())) {
         spdlog::warn("{}: RNG state of {} skipped (no such device here)", file.string(), e.name);
         continue;

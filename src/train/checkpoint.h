@@ -5,8 +5,9 @@
 //     through a temporary name and fsync;
 //   - `checkpoint.json` (step, time, file list) is written last, then the folder is renamed
 //     to `checkpoint-<step>`; a folder without checkpoint.json is never a checkpoint;
-//   - rotation (checkpoints_total_limit) deletes the oldest complete checkpoints before a new
-//     one is written, as diffusers does, and leftovers of interrupted saves are removed.
+//   - rotation (checkpoints_total_limit) deletes the oldest complete checkpoints once the new
+//     one is in place (diffusers deletes first, which leaves nothing when that save fails),
+//     and leftovers of interrupted saves are removed.
 // `resume_from_checkpoint`: "latest" (the complete checkpoint with the largest step) or a
 // name/path whose basename is looked up inside output_dir (diffusers' rule).
 #pragma once

@@ -7,6 +7,8 @@
 
 #include "core/error.h"
 
+#include <spdlog/spdlog.h>
+
 namespace lisadiff::train {
 namespace {
 
@@ -78,27 +80,52 @@ FusedOptimizer::FusedOptimizer(std::vector<std::pair<std::string, torch::Tensor>
     const double lr = options_.adamw.lr;
     options_.lr_at = [lr](int64_t) { return lr; };
   }
+  // Check everything first, then install: a constructor that throws leaves no hook behind.
+  std::map<const void*, std::string> seen;
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const auto& [name, p] = params_[i];
     if (!p.defined() || !p.is_leaf()) throw Error("FusedOptimizer: parameter '" + name + "' is not a leaf tensor");
     if (!index_.emplace(name, i).second) throw Error("FusedOptimizer: parameter '" + name + "' given twice");
+    if (auto [it, inserted] = seen.emplace(p.unsafeGetTensorImpl(), name); !inserted) {
+      throw Error("FusedOptimizer: '" + name + "' and '" + it->second +
+                  "' are the same tensor (tied weights): give it once");
+    }
     if (torch::autograd::impl::post_acc_grad_hooks(p)) {
       throw Error("FusedOptimizer: parameter '" + name + "' already has a post-accumulate-grad hook (another optimizer?)");
     }
+  }
+  stepped_at_.assign(params_.size(), -1);
+  for (std::size_t i = 0; i < params_.size(); ++i) {
     torch::autograd::impl::set_post_acc_grad_hooks(
-        p, std::make_unique<Hook>([this, i](const torch::Tensor& t) { on_grad(i, t); }));
+        params_[i].second, std::make_unique<Hook>([this, i](const torch::Tensor& t) { on_grad(i, t); }));
   }
 }
 
-FusedOptimizer::~FusedOptimizer() {
-  for (auto& [name, p] : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+void FusedOptimizer::remove_hooks(std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) torch::autograd::impl::set_post_acc_grad_hooks(params_[i].second, nullptr);
 }
+
+FusedOptimizer::~FusedOptimizer() { remove_hooks(params_.size()); }
 
 void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   if (!sync_) return;  // inside an accumulation window: keep accumulating
   auto p = param;
   auto& grad = p.mutable_grad();
   if (!grad.defined()) return;
+  const auto& name = params_[i].first;
+  if (stepped_at_[i] == global_step_) {
+    // The tensor's accumulate-grad ran twice in one backward pass: it is used inside a
+    // gradient-checkpointed segment and elsewhere, and each part would step it with a
+    // partial gradient.
+    throw Error("FusedOptimizer: '" + name + "' received two separate gradients in one step (a parameter shared "
+                "between a gradient-checkpointed block and other code); fused steps need one gradient per step");
+  }
+  if (!options_.use_8bit_adam && p.scalar_type() != torch::kFloat32) {
+    throw Error("FusedOptimizer: '" + name + "' is " + std::string(c10::toString(p.scalar_type())) +
+                "; trained tensors must be float32 (an AdamW update is below half precision's resolution)");
+  }
+  stepped_at_[i] = global_step_;
+  sync_backward_seen_ = true;
   torch::NoGradGuard no_grad;
   if (options_.grad_reducer) options_.grad_reducer(grad);
   if (options_.loss_scaling.enabled) {
@@ -129,6 +156,20 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
 }
 
 int64_t FusedOptimizer::finish_step() {
+  // Tensors whose hook did not fire on the sync micro-batch (not in its graph) but that
+  // accumulated a gradient earlier in the window: step them now rather than carry the
+  // gradient into the next window.
+  if (sync_) {
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      auto& p = params_[i].second;
+      if (p.requires_grad() && p.grad().defined() && stepped_at_[i] != global_step_) on_grad(i, p);
+    }
+  }
+  if (!sync_backward_seen_) {
+    spdlog::warn("FusedOptimizer: finish_step() at step {} without a gradient on a sync micro-batch: "
+                 "nothing was updated", global_step_);
+  }
+  sync_backward_seen_ = false;
   const auto& ls = options_.loss_scaling;
   if (ls.enabled) {
     if (skipped_ > 0) {
@@ -181,8 +222,16 @@ std::int64_t FusedOptimizer::state_bytes() const {
   return bytes;
 }
 
+namespace {
+constexpr const char* kScalerKey = "__loss_scaler__";
+}  // namespace
+
 std::vector<std::pair<std::string, torch::Tensor>> FusedOptimizer::state_tensors() const {
   std::vector<std::pair<std::string, torch::Tensor>> out;
+  if (options_.loss_scaling.enabled) {
+    out.emplace_back(std::string(kScalerKey) + "/scale", torch::tensor(scale_, torch::kFloat64));
+    out.emplace_back(std::string(kScalerKey) + "/growth_tracker", torch::tensor(growth_tracker_, torch::kInt64));
+  }
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const auto& name = params_[i].first;
     if (states_[i].exp_avg.defined()) {
@@ -205,6 +254,12 @@ void FusedOptimizer::load_state_tensors(const std::vector<std::pair<std::string,
     const auto slash = key.find('/');
     if (slash == std::string::npos) throw Error(source, tensor_key(key), "not an optimizer state name (<param>/<field>)");
     const auto param = key.substr(0, slash);
+    if (param == kScalerKey) {
+      if (key == std::string(kScalerKey) + "/scale") scale_ = t.item<double>();
+      else if (key == std::string(kScalerKey) + "/growth_tracker") growth_tracker_ = t.item<int64_t>();
+      else throw Error(source, tensor_key(key), "unknown loss scaler field");
+      continue;
+    }
     if (!index_.count(param)) throw Error(source, tensor_key(key), "state for a parameter this optimizer does not have");
     by_param[param][key.substr(slash + 1)] = t;
   }
@@ -217,7 +272,13 @@ void FusedOptimizer::load_state_tensors(const std::vector<std::pair<std::string,
   for (auto& [param, fields] : by_param) {
     const auto i = index_.at(param);
     const auto& p = params_[i].second;
-    if (fields.count("exp_avg")) {
+    const bool eight = !fields.count("exp_avg");
+    if (eight != options_.use_8bit_adam) {
+      throw Error(source, tensor_key(param),
+                  std::string("holds ") + (eight ? "8-bit" : "fp32") + " AdamW state, but the optimizer uses " +
+                      (options_.use_8bit_adam ? "8-bit" : "fp32") + " moments (--use_8bit_adam must match the run)");
+    }
+    if (!eight) {
       for (const char* f : {"exp_avg", "exp_avg_sq", "step"}) {
         if (!fields.count(f)) throw Error(source, tensor_key(param + "/" + f), "missing");
       }

@@ -75,6 +75,8 @@ struct FusedOptimizerOptions {
 };
 
 // Per-parameter AdamW state (fp32 moments, or the parameter's dtype when it is fp32).
+// Per-parameter AdamW state; moments in the parameter's dtype (float32: other dtypes are
+// refused by the optimizer, an update of 1e-4 is below bf16's resolution).
 struct AdamWState {
   torch::Tensor exp_avg, exp_avg_sq;
   torch::Tensor step;  // float32 scalar tensor, as torch keeps it (the fused kernel needs it)
@@ -95,7 +97,9 @@ class FusedOptimizer {
   bool sync() const { return sync_; }
 
   // Call after the backward pass of a sync micro-batch: the optimizer step is complete.
-  // Returns the new global step. Also resets the per-step statistics.
+  // Tensors that still hold a gradient (they require grad but were not in the sync
+  // micro-batch's graph, so their hook did not fire) are stepped here, as a classic
+  // optimizer would. Returns the new global step. Also resets the per-step statistics.
   int64_t finish_step();
 
   int64_t global_step() const { return global_step_; }
@@ -134,6 +138,7 @@ class FusedOptimizer {
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& param);
+  void remove_hooks(std::size_t count);
 
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::map<std::string, std::size_t> index_;
@@ -141,6 +146,8 @@ class FusedOptimizer {
   std::vector<AdamWState> states_;
   std::vector<std::unique_ptr<AdamW8bitState>> states8_;
   std::vector<int64_t> steps8_;
+  std::vector<int64_t> stepped_at_;  // global step of each tensor's last update (-1: never)
+  bool sync_backward_seen_ = false;
   bool sync_ = true;
   int64_t global_step_ = 0;
   double sq_norm_ = 0.0, last_grad_norm_ = 0.0;

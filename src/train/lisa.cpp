@@ -104,7 +104,7 @@ LisaSampler::LisaSampler(const std::vector<std::pair<std::string, torch::Tensor>
   if (o.n_active >= 0) {
     n_ = o.n_active;
   } else {
-    const double rate = o.rate >= 0 ? o.rate : 8.0 / static_cast<double>(units_.size());
+    const double rate = o.rate >= 0 ? o.rate : std::min(1.0, 8.0 / static_cast<double>(units_.size()));
     if (rate > 1.0) throw Error(fmt::format("LISA rate {} is above 1", rate));
     n_ = static_cast<int64_t>(std::floor(static_cast<double>(c) * rate));
   }
@@ -266,18 +266,52 @@ int64_t Lisa::total_parameters() const {
 }
 
 nlohmann::json Lisa::state() const {
-  return {{"sampler", sampler_.state()}, {"active_units", active_}, {"activation_counts", counts_},
-          {"global_step", optimizer_.global_step()}};
+  return {{"sampler", sampler_.state()},
+          {"active_units", active_},
+          {"activation_counts", counts_},
+          {"global_step", optimizer_.global_step()},
+          // What the indices refer to: a state only fits a run with the same units.
+          {"units", sampler_.units().size()},
+          {"unit_kind", options_.unit == LisaUnit::kTensor ? "tensor" : "block"},
+          {"n_active", sampler_.n_active()},
+          {"first_unit", sampler_.units().front().name},
+          {"last_unit", sampler_.units().back().name}};
 }
 
 void Lisa::load_state(const nlohmann::json& state) {
-  sampler_.load_state(state.at("sampler"));
-  optimizer_.set_global_step(state.at("global_step").get<int64_t>());
-  counts_ = state.at("activation_counts").get<std::vector<int64_t>>();
-  // Re-apply the active set without counting it again.
-  const auto counts = counts_;
-  activate_units(state.at("active_units").get<std::vector<std::size_t>>());
-  counts_ = counts;
+  const auto& units = sampler_.units();
+  const auto fail = [](const std::string& what) { throw Error("LISA state: " + what); };
+  try {
+    const std::string kind = options_.unit == LisaUnit::kTensor ? "tensor" : "block";
+    if (state.at("units").get<std::size_t>() != units.size() || state.at("unit_kind").get<std::string>() != kind ||
+        state.at("first_unit").get<std::string>() != units.front().name ||
+        state.at("last_unit").get<std::string>() != units.back().name) {
+      fail(fmt::format("saved for {} {} units ({} ... {}), this run has {} {} units ({} ... {})",
+                       state.at("units").get<std::size_t>(), state.at("unit_kind").get<std::string>(),
+                       state.at("first_unit").get<std::string>(), state.at("last_unit").get<std::string>(),
+                       units.size(), kind, units.front().name, units.back().name));
+    }
+    if (state.at("n_active").get<int64_t>() != sampler_.n_active()) {
+      fail(fmt::format("saved with {} active units, this run draws {}", state.at("n_active").get<int64_t>(),
+                       sampler_.n_active()));
+    }
+    auto counts = state.at("activation_counts").get<std::vector<int64_t>>();
+    auto active = state.at("active_units").get<std::vector<std::size_t>>();
+    if (counts.size() != units.size()) fail("activation_counts has the wrong length");
+    std::vector<std::size_t> sorted = active;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) fail("active_units repeats a unit");
+    for (auto u : active) {
+      if (u >= units.size() || units[u].always_on) fail(fmt::format("active unit {} is not a drawable unit", u));
+    }
+    if (static_cast<int64_t>(active.size()) != sampler_.n_active()) fail("active_units has the wrong size");
+    sampler_.load_state(state.at("sampler"));
+    optimizer_.set_global_step(state.at("global_step").get<int64_t>());
+    activate_units(active);  // counts the set once more; the saved counts replace them below
+    counts_ = std::move(counts);
+  } catch (const nlohmann::json::exception& e) {
+    fail(std::string("malformed: ") + e.what());
+  }
 }
 
 }  // namespace lisadiff::train

@@ -146,6 +146,48 @@ TEST(Checkpoints, TotalLimitKeepsTheNewest) {
   EXPECT_THROW_WITH(CheckpointManager(tmp.path(), 0), "checkpoints_total_limit must be at least 1");
 }
 
+TEST(Checkpoints, ResavingAStepAndFailedSavesNeverLoseTheNewestCheckpoint) {
+  TempDir tmp;
+  CheckpointManager manager(tmp.path(), 2);
+  manager.save(100, write_files);
+  manager.save(200, write_files);
+  manager.save(200, write_files);  // the same step again: still two checkpoints
+  EXPECT_EQ(manager.list().size(), 2u);
+  CheckpointManager one(tmp.path() / "one", 1);
+  one.save(5, write_files);
+  EXPECT_THROW(one.save(10, [](const fs::path&) { throw std::runtime_error("disk full (simulated)"); }),
+               std::runtime_error);
+  ASSERT_TRUE(one.find("latest"));  // rotation happens only after a successful save
+  EXPECT_EQ(one.find("latest")->filename(), "checkpoint-5");
+}
+
+TEST(Checkpoints, OddFolderNamesAreIgnored) {
+  TempDir tmp;
+  CheckpointManager manager(tmp.path());
+  manager.save(3, write_files);
+  for (const char* name : {"checkpoint-99999999999999999999999", "checkpoint-007", "checkpoint-", "checkpoint-1x"}) {
+    fs::create_directories(tmp.path() / name);
+    write_files(tmp.path() / name);
+    io::write_file_atomic(tmp.path() / name / "checkpoint.json", R"({"global_step": 1})");
+  }
+  EXPECT_EQ(manager.find("latest")->filename(), "checkpoint-3");
+}
+
+TEST(Checkpoints, OptimizerStateOfTheOtherKindIsAnError) {
+  TempDir tmp;
+  torch::nn::Linear a(4, 4);
+  train::FusedOptimizer fp32({{"weight", a->weight}}, {});
+  a->forward(torch::randn({2, 4})).sum().backward();
+  fp32.finish_step();
+  train::save_optimizer_state(fp32, tmp.path() / "o.safetensors");
+  torch::nn::Linear b(4, 4);
+  train::FusedOptimizerOptions o8;
+  o8.use_8bit_adam = true;
+  train::FusedOptimizer eight({{"weight", b->weight}}, o8);
+  EXPECT_THROW_WITH(train::load_optimizer_state(eight, tmp.path() / "o.safetensors"), "holds fp32 AdamW state",
+                    "--use_8bit_adam must match");
+}
+
 TEST(Checkpoints, ResumeFromANameOrPathLooksInsideOutputDir) {
   TempDir tmp;
   CheckpointManager manager(tmp.path());

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "io/safetensors.h"
+#include "models/checkpoint.h"
 #include "models/unet.h"
 #include "train/fused_optimizer.h"
 #include "train/lisa.h"
@@ -343,9 +344,9 @@ TEST(Lisa, FrozenTensorsKeepTheirBytesAndDeactivatedStateIsFreed) {
     for (auto& n : lisa.active_names()) ever.insert(n);
     const auto before = active(lisa);
     m->forward(x).pow(2).mean().backward();
-    int64_t bytes = 0;
-    for (auto& n : before) bytes += lisa.optimizer().has_state(n) ? 2 * 4 * initial[n].numel() + 4 : 0;
-    EXPECT_EQ(lisa.optimizer().state_bytes(), bytes) << "only active tensors hold state";
+    int64_t bytes = 0;  // exp_avg + exp_avg_sq (fp32) + the step scalar of every active tensor
+    for (auto& n : before) bytes += 2 * 4 * initial[n].numel() + 4;
+    EXPECT_EQ(lisa.optimizer().state_bytes(), bytes) << "exactly the active tensors hold state";
     lisa.step();
     for (auto& [n, p] : named(*m)) {
       if (!active(lisa).count(n)) EXPECT_FALSE(lisa.optimizer().has_state(n)) << n << ": state kept after deactivation";
@@ -465,6 +466,72 @@ TEST(Lisa, FusedStepsWithGradientCheckpointing) {
   for (std::size_t i = 0; i < finals[0].size(); ++i) {
     EXPECT_TRUE(close_tensor("param " + std::to_string(i), finals[1][i], finals[0][i], 1e-6, 1e-5));
   }
+}
+
+// Misuse and edge cases found in review: each is an error or handled, never silent.
+TEST(FusedAdamW, TiedWeightsAreRefusedWithoutLeavingHooks) {
+  torch::nn::Linear a(3, 3);
+  EXPECT_THROW_WITH(FusedOptimizer({{"w", a->weight}, {"tied", a->weight}}, {}), "are the same tensor");
+  FusedOptimizer ok({{"w", a->weight}}, {});  // the failed constructor left no hook behind
+  a->forward(torch::randn({2, 3})).sum().backward();
+  EXPECT_EQ(ok.finish_step(), 1);
+}
+
+TEST(FusedAdamW, ParameterSharedAcrossACheckpointedBlockIsAnError) {
+  torch::nn::Linear a(3, 3);
+  FusedOptimizer opt({{"w", a->weight}, {"b", a->bias}}, {});
+  auto x = torch::randn({2, 3});
+  auto inside = models::checkpoint1(*a, [a](const models::TensorList& in) mutable { return a->forward(in[0]); }, {x});
+  auto outside = a->forward(x);  // the same weight outside the checkpointed segment
+  EXPECT_THROW_WITH((inside + outside).sum().backward(), "received two separate gradients in one step");
+}
+
+TEST(FusedAdamW, TensorMissingFromTheSyncMicroBatchIsSteppedAtFinish) {
+  torch::nn::Linear a(3, 3), b(3, 3);
+  FusedOptimizer opt({{"a", a->weight}, {"b", b->weight}}, {});
+  const auto before = b->weight.clone();
+  opt.set_sync(false);
+  (a->forward(torch::randn({2, 3})) + b->forward(torch::randn({2, 3}))).sum().backward();
+  opt.set_sync(true);
+  a->forward(torch::randn({2, 3})).sum().backward();  // b is not in this graph
+  opt.finish_step();
+  EXPECT_FALSE(b->weight.grad().defined()) << "b's gradient leaked into the next window";
+  EXPECT_FALSE(torch::equal(b->weight, before));
+  EXPECT_TRUE(opt.has_state("b"));
+}
+
+TEST(FusedAdamW, HalfPrecisionTrainedTensorIsAnError) {
+  torch::nn::Linear a(3, 3);
+  a->to(torch::kBFloat16);
+  FusedOptimizer opt({{"w", a->weight}}, {});
+  EXPECT_THROW_WITH(a->forward(torch::randn({2, 3}, torch::kBFloat16)).sum().backward(), "'w' is BFloat16",
+                    "must be float32");
+}
+
+TEST(Lisa, StateFromAnotherRunIsAnError) {
+  auto m = deep_mlp();
+  LisaOptions lo;
+  lo.n_active = 2;
+  Lisa a(*m, lo, {});
+  const auto state = a.state();
+  auto other = deep_mlp();
+  LisaOptions blocks = lo;
+  blocks.unit = train::LisaUnit::kBlock;
+  Lisa b(*other, blocks, {});
+  EXPECT_THROW_WITH(b.load_state(state), "LISA state: saved for 20 tensor units");
+  auto bad = state;
+  bad["active_units"] = {0, 1};  // 0 is always on
+  auto third = deep_mlp();
+  Lisa c(*third, lo, {});
+  EXPECT_THROW_WITH(c.load_state(bad), "is not a drawable unit");
+  c.load_state(state);
+  EXPECT_EQ(c.active_units(), a.active_units());
+}
+
+TEST(Lisa, SmallModelsWorkWithTheDefaultRate) {
+  torch::nn::Linear a(2, 2);  // 2 tensors, both always on: 8 / 2 would be a rate of 4
+  Lisa lisa(*a, {}, {});
+  EXPECT_EQ(lisa.active_names().size(), 2u);
 }
 
 // The drop-in example learns its task with only a few tensors active at a time.
