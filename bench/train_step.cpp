@@ -13,9 +13,13 @@
 // reference draws the same inputs (and the same LoRA initialisation) and its first loss must
 // equal ours.
 //
-// Memory: RSS (VmRSS) at start, after loading the UNet, and before the first training step;
-// the peak over the training steps (VmHWM, reset through /proc/self/clear_refs before the
-// first step) and over the whole process (getrusage ru_maxrss).
+// Time: wall clock per step (forward, backward, optimizer), and the process's CPU time
+// (user + system, all threads) per step, which other processes on the machine disturb less.
+// Memory: RSS (VmRSS) at start, after loading the UNet, and before the first training step
+// (with RssAnon / RssFile: diffusers leaves the weights in a copy-on-write mapping of the
+// file, so on the Python side they are file pages until written); the peak over the training
+// steps (VmHWM, reset through /proc/self/clear_refs before the first step) and over the whole
+// process (getrusage ru_maxrss).
 //
 //   bench_train_step --pipeline DIR --regime lisa [--steps 5 --warmup 2 --batch 1 --latent 32]
 //                    [--json OUT]
@@ -73,10 +77,25 @@ bool reset_peak_rss() {
   return static_cast<bool>(out);
 }
 
+// User + system CPU time of the whole process (all threads), seconds.
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 int64_t ru_maxrss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<int64_t>(u.ru_maxrss) * 1024;  // kilobytes on Linux
+}
+
+// The 1-minute load average (other processes on the machine slow the steps down).
+double load_average() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
 }
 
 double median(std::vector<double> v) {
@@ -138,7 +157,10 @@ int run(const Args& a) {
 
   int64_t total = 0;
   for (const auto& p : unet->parameters()) total += p.numel();
+  int64_t param_bytes = 0;
+  for (const auto& p : unet->parameters()) param_bytes += static_cast<int64_t>(p.nbytes());
   r["total_params"] = total;
+  r["param_bytes"] = param_bytes;
   r["param_tensors"] = unet->parameters().size();
 
   torch::manual_seed(a.seed);
@@ -193,11 +215,15 @@ int run(const Args& a) {
 
   malloc_trim(0);
   r["rss_before_train_bytes"] = proc_status_bytes("VmRSS");
+  r["rss_anon_before_train_bytes"] = proc_status_bytes("RssAnon");
+  r["rss_file_before_train_bytes"] = proc_status_bytes("RssFile");
   const bool reset = reset_peak_rss();
-  std::vector<double> times, losses;
+  r["loadavg_start"] = load_average();
+  std::vector<double> times, cpu_times, losses;
   for (int k = 0; k < a.warmup + a.steps; ++k) {
     const auto& b = batches[static_cast<std::size_t>(k)];
     const auto t0 = Clock::now();
+    const double c0 = cpu_seconds();
     auto pred = unet->forward(b.latents + b.noise, b.timesteps, b.context);
     auto loss = torch::mse_loss(pred, b.noise);
     loss.backward();
@@ -210,19 +236,28 @@ int run(const Args& a) {
       fused->finish_step();
     }
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double dc = cpu_seconds() - c0;
     losses.push_back(loss.item<double>());
-    if (k >= a.warmup) times.push_back(dt);
+    if (k >= a.warmup) {
+      times.push_back(dt);
+      cpu_times.push_back(dc);
+    }
     std::fprintf(stderr, "[bench_train_step] %s step %d/%d%s: %.3f s, loss %.6f\n", a.regime.c_str(), k + 1,
                  a.warmup + a.steps, k < a.warmup ? " (warmup)" : "", dt, losses.back());
   }
   r["train_peak_rss_bytes"] = reset ? nlohmann::json(proc_status_bytes("VmHWM")) : nlohmann::json(nullptr);
   r["peak_rss_bytes"] = ru_maxrss_bytes();
+  r["rss_anon_end_bytes"] = proc_status_bytes("RssAnon");
+  r["rss_file_end_bytes"] = proc_status_bytes("RssFile");
+  r["loadavg_end"] = load_average();
   r["optimizer_state_bytes"] = classic ? classic_state_bytes(*classic) : (lisa ? lisa->optimizer() : *fused).state_bytes();
   r["step_times_s"] = times;
   r["losses"] = losses;
   r["step_mean_s"] = times.empty() ? 0.0 : std::accumulate(times.begin(), times.end(), 0.0) / times.size();
   r["step_median_s"] = median(times);
   r["step_min_s"] = times.empty() ? 0.0 : *std::min_element(times.begin(), times.end());
+  r["step_cpu_times_s"] = cpu_times;
+  r["step_cpu_median_s"] = median(cpu_times);
 
   std::printf("%s\n", r.dump(2).c_str());
   if (!a.json_out.empty()) io::write_file_atomic(a.json_out, r.dump(2) + "\n");

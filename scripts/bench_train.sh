@@ -7,7 +7,12 @@
 #   scripts/bench_train.sh [--sd15] [--repeats 2] [--out DIR] [--regimes "full-classic full-fused lora lisa"]
 #                          [--tiny-steps 20] [--tiny-warmup 3] [--sd15-steps 3] [--sd15-warmup 1]
 #                          [--sd15-regimes "..."] [--sd15-gc] [--latent 32] [--batch 1] [--threads N]
+#                          [--wait-idle SECONDS]
 #
+# The machine may be shared: --wait-idle S waits (at most S seconds) before each run until the
+# CPUs are at least 90 % idle over 2 s. Each result records the 1-minute load average, and the
+# process's CPU time per step next to the wall-clock time.
+# LISA runs with one active set (the C++ draw, replayed by the Python side) for the whole run.
 #   (a) the tiny preset (lisadiff init-pipeline --preset tiny --seed 0), every regime;
 #   (b) with --sd15: the full SD1.5 architecture (--preset sd15, random weights, 4.3 GB on disk),
 #       each regime only when MemAvailable covers its estimate (see need_bytes below); a
@@ -21,8 +26,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${LISADIFF_BUILD_DIR:-$ROOT/build}"
 
 sd15=0 repeats=2 out="" regimes="full-classic full-fused lora lisa" sd15_regimes="" sd15_gc=0
-tiny_steps=20 tiny_warmup=3 sd15_steps=3 sd15_warmup=1 latent=32 batch=1 threads=0
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+tiny_steps=20 tiny_warmup=3 sd15_steps=3 sd15_warmup=1 latent=32 batch=1 threads=0 wait_idle=0
+usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --sd15) sd15=1 ;;
@@ -38,6 +43,7 @@ while [ $# -gt 0 ]; do
     --latent) latent="$2"; shift ;;
     --batch) batch="$2"; shift ;;
     --threads) threads="$2"; shift ;;
+    --wait-idle) wait_idle="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench_train.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -58,7 +64,21 @@ PY="$(grep '^LISADIFF_PYTHON:' "$BUILD/CMakeCache.txt" | cut -d= -f2)"
 [ -n "$out" ] || out="$(mktemp -d "${TMPDIR:-/tmp}/lisadiff-bench.XXXXXX")"
 mkdir -p "$out/pipelines"
 
-mem_available() { awk '/^MemAvailable:/ {print $2 * 1024}' /proc/meminfo; }
+mem_available() { awk '/^MemAvailable:/ {printf "%.0f\n", $2 * 1024}' /proc/meminfo; }
+# Share of idle CPU time (percent) over 2 s, all CPUs.
+idle_percent() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 2; b=($(head -1 /proc/stat))
+  local total=0 i
+  for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+  echo $(( total > 0 ? 100 * (b[4] + b[5] - a[4] - a[5]) / total : 100 ))
+}
+wait_for_idle() {
+  [ "$wait_idle" -gt 0 ] || return 0
+  local until=$((SECONDS + wait_idle)) idle
+  while idle=$(idle_percent); [ "$idle" -lt 90 ] && [ "$SECONDS" -lt "$until" ]; do sleep 3; done
+  echo "[bench]   CPU idle ${idle} % before the run" >&2
+}
 gib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1073741824}'; }
 
 # Estimated peak bytes of one process (lisa.md section 5): W = the UNet's fp32 weight bytes;
@@ -93,6 +113,10 @@ run_all() {
       # shellcheck disable=SC2206
       local flags=($extra)
       [ "$threads" -gt 0 ] && common+=(--threads "$threads")
+      # One active set for the whole run: the Python side replays the C++ draw, and it cannot
+      # replay later re-draws (a re-draw is one freeze/activate pass, not what is measured here).
+      [ "$regime" = lisa ] && common+=(--lisa-interval 1000000)
+      wait_for_idle
       echo "[bench] $name $regime C++ run $rep/$repeats (load $(uptime | sed 's/.*load average: //'))" >&2
       "$BENCH" "${common[@]}" "${flags[@]}" --json "$dir/$regime.cpp.$rep.json" > /dev/null 2> "$dir/$regime.cpp.$rep.log" ||
         { tail -20 "$dir/$regime.cpp.$rep.log" >&2; echo "bench_train.sh: bench_train_step failed ($dir/$regime.cpp.$rep.log)" >&2; exit 1; }
@@ -100,7 +124,8 @@ run_all() {
       t=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["threads"])' "$dir/$regime.cpp.$rep.json")
       local pyflags=(--threads "$t")
       [ "$regime" = lisa ] && pyflags+=(--lisa-active "$dir/$regime.cpp.$rep.json")
-      echo "[bench] $name $regime Python run $rep/$repeats" >&2
+      wait_for_idle
+      echo "[bench] $name $regime Python run $rep/$repeats (load $(uptime | sed 's/.*load average: //'))" >&2
       "$PY" "$ROOT/scripts/bench_train_step.py" "${common[@]}" "${flags[@]}" "${pyflags[@]}" \
         --json "$dir/$regime.python.$rep.json" > /dev/null 2> "$dir/$regime.python.$rep.log" ||
         { tail -20 "$dir/$regime.python.$rep.log" >&2; echo "bench_train.sh: bench_train_step.py failed ($dir/$regime.python.$rep.log)" >&2; exit 1; }
@@ -111,7 +136,10 @@ import json, statistics, sys
 from pathlib import Path
 d, regs = Path(sys.argv[1]), sys.argv[2].split()
 def load(regime, side):
-    return [json.loads(p.read_text()) for p in sorted(d.glob(f"{regime}.{side}.*.json"))]
+    rs = [json.loads(p.read_text()) for p in sorted(d.glob(f"{regime}.{side}.*.json"))]
+    for r in rs:  # peak over the training steps minus the runtime (RSS at start) and the weights
+        r["train_memory"] = r["train_peak_rss_bytes"] - r["rss_start_bytes"] - r["param_bytes"]
+    return rs
 med = lambda rs, k: statistics.median(r[k] for r in rs)
 mib = lambda b: f"{b / 2**20:,.0f}"
 def size(b):
@@ -119,10 +147,12 @@ def size(b):
         if b >= k:
             return f"{b / k:,.1f} {unit}"
     return f"{b:.0f} B"
+loads = lambda rs: [x for r in rs for x in (r["loadavg_start"], r["loadavg_end"])]
 steps = lambda rs: ", ".join(f"{r['step_median_s']:.4g}" for r in rs)
-print("| regime | C++ step (s) | Python step (s) | C++/Py | C++ peak RSS (MiB) | Python peak RSS (MiB) | C++/Py "
-      "| C++ train overhead (MiB) | Python train overhead (MiB) | optimizer state C++ / Py | trainable params |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| regime | C++ step (s) | Python step (s) | C++/Py | C++ CPU s/step | Python CPU s/step | C++/Py "
+      "| C++ peak RSS (MiB) | Python peak RSS (MiB) | C++/Py | C++ training memory (MiB) | Python training memory (MiB) "
+      "| optimizer state C++ / Py | trainable params |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 notes = []
 for regime in regs:
     c, p = load(regime, "cpp"), load(regime, "python")
@@ -130,18 +160,22 @@ for regime in regs:
         continue
     cs, ps = med(c, "step_median_s"), med(p, "step_median_s")
     cr, pr = med(c, "peak_rss_bytes"), med(p, "peak_rss_bytes")
-    co = statistics.median(r["train_peak_rss_bytes"] - r["rss_before_train_bytes"] for r in c)
-    po = statistics.median(r["train_peak_rss_bytes"] - r["rss_before_train_bytes"] for r in p)
+    cc, pc = med(c, "step_cpu_median_s"), med(p, "step_cpu_median_s")
+    co, po = med(c, "train_memory"), med(p, "train_memory")
     tc, tp = c[0]["trainable_params"], p[0]["trainable_params"]
-    print(f"| {regime} | {cs:.4g} | {ps:.4g} | {cs / ps:.2f} | {mib(cr)} | {mib(pr)} | {cr / pr:.2f} | {mib(co)} | "
+    print(f"| {regime} | {cs:.4g} | {ps:.4g} | {cs / ps:.2f} | {cc:.4g} | {pc:.4g} | {cc / pc:.2f} "
+          f"| {mib(cr)} | {mib(pr)} | {cr / pr:.2f} | {mib(co)} | "
           f"{mib(po)} | {size(med(c, 'optimizer_state_bytes'))} / {size(med(p, 'optimizer_state_bytes'))} | "
           f"{tc:,}" + ("" if tc == tp else f" (Py {tp:,})") + " |")
     dl = max(abs(a["losses"][0] - b["losses"][0]) for a, b in zip(c, p))
     notes.append(f"{regime}: step-0 loss C++ {c[0]['losses'][0]:.6f}, Python {p[0]['losses'][0]:.6f} (max diff {dl:.1e}); "
                  f"repeats {len(c)}/{len(p)}; C++ step medians {steps(c)}; "
-                 f"Python {steps(p)}; RSS before training C++ "
-                 f"{mib(med(c, 'rss_before_train_bytes'))} MiB, Python {mib(med(p, 'rss_before_train_bytes'))} MiB; "
-                 f"load C++ {med(c, 'load_s'):.2f} s, Python {med(p, 'load_s'):.2f} s")
+                 f"Python {steps(p)}; RSS at start C++ {mib(med(c, 'rss_start_bytes'))} MiB, Python "
+                 f"{mib(med(p, 'rss_start_bytes'))} MiB; before training C++ {mib(med(c, 'rss_before_train_bytes'))} "
+                 f"MiB (file pages {mib(med(c, 'rss_file_before_train_bytes'))}), Python "
+                 f"{mib(med(p, 'rss_before_train_bytes'))} MiB (file pages {mib(med(p, 'rss_file_before_train_bytes'))}); "
+                 f"load C++ {med(c, 'load_s'):.2f} s, Python {med(p, 'load_s'):.2f} s; 1-min load average during "
+                 f"the runs {min(loads(c + p)):.2f} to {max(loads(c + p)):.2f}")
 first = next((load(r, "cpp")[0] for r in regs if load(r, "cpp")), None)
 if first:
     py = next(load(r, "python")[0] for r in regs if load(r, "python"))
@@ -149,7 +183,9 @@ if first:
           f"(interop {py['interop_threads']}); torch {first['torch_version']} / {py['torch_version']}; "
           f"{first['total_params']:,} UNet parameters in {first['param_tensors']} tensors; steps {first['steps']} "
           f"timed after {first['warmup']} warmup; batch {first['batch']}, latents {first['latent']}x{first['latent']}"
-          f"{', gradient checkpointing' if first['gradient_checkpointing'] else ''}\n")
+          f"{', gradient checkpointing' if first['gradient_checkpointing'] else ''}. Medians over the repeats of each "
+          "run's median step; training memory = peak RSS over the training steps - RSS at start (runtime) - "
+          f"parameter bytes ({mib(first['param_bytes'])} MiB)\n")
 for n in notes:
     print(f"- {n}")
 skipped = (d / "skipped.txt").read_text().strip()
@@ -161,7 +197,7 @@ EOF
   cat "$out/$name.md"
 }
 
-echo "[bench] machine: $(nproc) cores, $(gib "$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo)") GiB; load $(uptime | sed 's/.*load average: //')" >&2
+echo "[bench] machine: $(nproc) cores, $(gib "$(awk '/^MemTotal:/ {printf "%.0f", $2 * 1024}' /proc/meminfo)") GiB; load $(uptime | sed 's/.*load average: //')" >&2
 tiny="$out/pipelines/tiny"
 [ -f "$tiny/unet/diffusion_pytorch_model.safetensors" ] || "$CLI" --log-level warn init-pipeline --preset tiny --seed 0 --out "$tiny" --overwrite
 echo "## tiny preset"

@@ -66,6 +66,11 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def malloc_trim() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -189,6 +194,7 @@ def main() -> int:
     malloc_trim()
     r["rss_loaded_bytes"] = proc_status_bytes("VmRSS")
     r["total_params"] = sum(p.numel() for p in unet.parameters())
+    r["param_bytes"] = sum(p.numel() * p.element_size() for p in unet.parameters())
     r["param_tensors"] = len(list(unet.parameters()))
 
     torch.manual_seed(a.seed)
@@ -221,10 +227,13 @@ def main() -> int:
 
     malloc_trim()
     r["rss_before_train_bytes"] = proc_status_bytes("VmRSS")
+    r["rss_anon_before_train_bytes"] = proc_status_bytes("RssAnon")
+    r["rss_file_before_train_bytes"] = proc_status_bytes("RssFile")
     reset = reset_peak_rss()
-    times, losses = [], []
+    r["loadavg_start"] = os.getloadavg()[0]
+    times, cpu_times, losses = [], [], []
     for k, (latents, noise, timesteps, context) in enumerate(batches):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         pred = unet(latents + noise, timesteps, context).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         loss.backward()
@@ -233,14 +242,18 @@ def main() -> int:
             classic.zero_grad(set_to_none=True)
         if lisa is not None and (k + 1) % a.lisa_interval == 0:
             lisa.recall()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
         losses.append(loss.item())
         if k >= a.warmup:
             times.append(dt)
+            cpu_times.append(dc)
         print(f"[bench_train_step.py] {a.regime} step {k + 1}/{len(batches)}{' (warmup)' if k < a.warmup else ''}: "
               f"{dt:.3f} s, loss {losses[-1]:.6f}", file=sys.stderr)
     r["train_peak_rss_bytes"] = proc_status_bytes("VmHWM") if reset else None
     r["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    r["loadavg_end"] = os.getloadavg()[0]
+    r["rss_anon_end_bytes"] = proc_status_bytes("RssAnon")
+    r["rss_file_end_bytes"] = proc_status_bytes("RssFile")
     r["optimizer_state_bytes"] = (state_bytes(classic) if classic is not None else
                                   (lisa.fused if lisa is not None else fused).state_bytes())
     r["step_times_s"] = times
@@ -248,6 +261,8 @@ def main() -> int:
     r["step_mean_s"] = statistics.fmean(times) if times else 0.0
     r["step_median_s"] = statistics.median(times) if times else 0.0
     r["step_min_s"] = min(times) if times else 0.0
+    r["step_cpu_times_s"] = cpu_times
+    r["step_cpu_median_s"] = statistics.median(cpu_times) if cpu_times else 0.0
     text = json.dumps(r, indent=2)
     print(text)
     if a.json:
