@@ -49,6 +49,7 @@
 #include "train/fused_optimizer.h"
 #include "train/lisa.h"
 #include "train/lora.h"
+#include "train/trainer.h"
 
 namespace {
 
@@ -120,13 +121,16 @@ struct Args {
   std::string pipeline, regime = "lisa", json_out, log_level = "warn";
   int steps = 5, warmup = 2, batch = 1, latent = 32, lora_rank = 4, threads = 0;
   int64_t lisa_n = -1, lisa_interval = 20;
-  bool gradient_checkpointing = false, use_8bit_adam = false;
+  bool gradient_checkpointing = false, use_8bit_adam = false, bf16_frozen = false;
   uint64_t seed = 0;
 };
 
 int run(const Args& a) {
   using namespace lisadiff;
   if (a.threads > 0) at::set_num_threads(a.threads);
+  if (a.bf16_frozen && (a.regime == "full-classic" || a.regime == "full-fused")) {
+    throw Error("--bf16-frozen needs a regime with frozen weights (lora, lisa)");
+  }
   if (a.use_8bit_adam && a.regime == "full-classic") {
     throw Error("--use-8bit-adam needs a fused regime (full-fused, lora, lisa); full-classic is torch::optim::AdamW");
   }
@@ -183,11 +187,20 @@ int run(const Args& a) {
     lo.rank = a.lora_rank;
     lora = std::make_unique<train::Lora>(*unet, lo);
     fused = std::make_unique<train::FusedOptimizer>(lora->parameters(), fo);
+    if (a.bf16_frozen) {  // the frozen base in bfloat16 (norms stay float32), as the Trainer does
+      torch::NoGradGuard no_grad;
+      for (auto& p : unet->named_parameters()) {
+        if (!p.value().requires_grad() && p.key().find("norm") == std::string::npos) {
+          p.value().set_data(p.value().detach().to(torch::kBFloat16));
+        }
+      }
+    }
   } else {
     train::LisaOptions lo;
     lo.n_active = a.lisa_n;
     lo.interval = a.lisa_interval;
     lo.seed = a.seed;
+    if (a.bf16_frozen) lo.frozen_dtype = torch::kBFloat16;  // the precision switch
     lisa = std::make_unique<train::Lisa>(*unet, lo, fo);
     r["active_names"] = lisa->active_names();
   }
@@ -208,8 +221,11 @@ int run(const Args& a) {
     batches.push_back(b);
   }
 
-  int64_t trainable = 0;
+  int64_t trainable = 0, stored_bytes = 0;
   for (const auto& p : unet->parameters()) trainable += p.requires_grad() ? p.numel() : 0;
+  for (const auto& p : unet->parameters()) stored_bytes += static_cast<int64_t>(p.nbytes());
+  r["param_bytes"] = stored_bytes;  // as stored for training (--bf16-frozen halves the frozen ones)
+  r["bf16_frozen"] = a.bf16_frozen;
   if (lora) trainable = lora->parameter_count();
   r["trainable_params"] = trainable;
 
@@ -224,8 +240,12 @@ int run(const Args& a) {
     const auto& b = batches[static_cast<std::size_t>(k)];
     const auto t0 = Clock::now();
     const double c0 = cpu_seconds();
-    auto pred = unet->forward(b.latents + b.noise, b.timesteps, b.context);
-    auto loss = torch::mse_loss(pred, b.noise);
+    torch::Tensor pred;
+    {
+      train::AutocastScope autocast(torch::kCPU, a.bf16_frozen ? torch::kBFloat16 : torch::kFloat32);
+      pred = unet->forward(b.latents + b.noise, b.timesteps, b.context);
+    }
+    auto loss = torch::mse_loss(pred.to(torch::kFloat32), b.noise);
     loss.backward();
     if (classic) {
       classic->step();
@@ -287,6 +307,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--lora-rank", a.lora_rank, "LoRA rank")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_flag("--gradient-checkpointing", a.gradient_checkpointing, "Checkpoint every resnet and transformer block");
+  app.add_flag("--bf16-frozen", a.bf16_frozen,
+               "bfloat16 autocast, frozen weights stored in bfloat16 (LISA's precision switch; LoRA's base)");
   app.add_flag("--use-8bit-adam", a.use_8bit_adam, "8-bit block-wise AdamW moments (fused regimes)");
   app.add_option("--seed", a.seed, "Seed of the inputs, the LoRA init and the LISA draw")->capture_default_str();
   app.add_option("--threads", a.threads, "Intra-op threads (default: LibTorch's)")->check(CLI::NonNegativeNumber);

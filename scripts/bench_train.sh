@@ -7,9 +7,11 @@
 #   scripts/bench_train.sh [--sd15] [--repeats 2] [--out DIR] [--regimes "full-classic full-fused lora lisa"]
 #                          [--tiny-steps 20] [--tiny-warmup 3] [--sd15-steps 3] [--sd15-warmup 1]
 #                          [--sd15-regimes "..."] [--sd15-gc] [--latent 32] [--batch 1] [--threads N]
-#                          [--wait-idle SECONDS]
+#                          [--wait-idle SECONDS] [--bf16-frozen]
 #
 # The machine may be shared: --wait-idle S waits (at most S seconds) before each run until the
+# --bf16-frozen runs both sides under bfloat16 autocast with the frozen weights stored in
+# bfloat16 (LISA's precision switch, LoRA's frozen base; regimes lora and lisa only).
 # CPUs are at least 90 % idle over 2 s. Each result records the 1-minute load average, and the
 # process's CPU time per step next to the wall-clock time.
 # LISA runs with one active set (the C++ draw, replayed by the Python side) for the whole run.
@@ -25,13 +27,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${LISADIFF_BUILD_DIR:-$ROOT/build}"
 
-sd15=0 repeats=2 out="" regimes="full-classic full-fused lora lisa" sd15_regimes="" sd15_gc=0
+bf16=0 sd15=0 repeats=2 out="" regimes="full-classic full-fused lora lisa" sd15_regimes="" sd15_gc=0
 tiny_steps=20 tiny_warmup=3 sd15_steps=3 sd15_warmup=1 latent=32 batch=1 threads=0 wait_idle=0
 usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --sd15) sd15=1 ;;
     --sd15-gc) sd15_gc=1 ;;
+    --bf16-frozen) bf16=1 ;;
     --repeats) repeats="$2"; shift ;;
     --out) out="$2"; shift ;;
     --regimes) regimes="$2"; shift ;;
@@ -183,7 +186,8 @@ if first:
           f"(interop {py['interop_threads']}); torch {first['torch_version']} / {py['torch_version']}; "
           f"{first['total_params']:,} UNet parameters in {first['param_tensors']} tensors; steps {first['steps']} "
           f"timed after {first['warmup']} warmup; batch {first['batch']}, latents {first['latent']}x{first['latent']}"
-          f"{', gradient checkpointing' if first['gradient_checkpointing'] else ''}. Medians over the repeats of each "
+          f"{', gradient checkpointing' if first['gradient_checkpointing'] else ''}"
+          f"{', bfloat16 autocast with bfloat16 frozen weights' if first.get('bf16_frozen') else ''}. Medians over the repeats of each "
           "run's median step; training memory = peak RSS over the training steps - RSS at start (runtime) - "
           f"parameter bytes ({mib(first['param_bytes'])} MiB)\n")
 for n in notes:
@@ -201,7 +205,9 @@ echo "[bench] machine: $(nproc) cores, $(gib "$(awk '/^MemTotal:/ {printf "%.0f"
 tiny="$out/pipelines/tiny"
 [ -f "$tiny/unet/diffusion_pytorch_model.safetensors" ] || "$CLI" --log-level warn init-pipeline --preset tiny --seed 0 --out "$tiny" --overwrite
 echo "## tiny preset"
-run_all tiny "$tiny" "$tiny_steps" "$tiny_warmup" "$regimes" "" 0
+common_extra=""
+[ "$bf16" = 1 ] && common_extra="--bf16-frozen"
+run_all tiny "$tiny" "$tiny_steps" "$tiny_warmup" "$regimes" "$common_extra" 0
 
 if [ "$sd15" = 1 ]; then
   sd="$out/pipelines/sd15"
@@ -211,8 +217,8 @@ if [ "$sd15" = 1 ]; then
     echo "[bench] writing the sd15 pipeline (random weights, 4.3 GB) to $sd" >&2
     "$CLI" --log-level warn init-pipeline --preset sd15 --seed 0 --out "$sd" --overwrite
   fi
-  extra=""
-  [ "$sd15_gc" = 1 ] && extra="--gradient-checkpointing"
+  extra="$common_extra"
+  [ "$sd15_gc" = 1 ] && extra="$extra --gradient-checkpointing"
   echo
   echo "## sd15 architecture"
   run_all sd15 "$sd" "$sd15_steps" "$sd15_warmup" "$sd15_regimes" "$extra" 1

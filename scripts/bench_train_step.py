@@ -113,7 +113,8 @@ class FusedPerParameter:
 class LisaDiffusion:
     """single_lisa.py's LISADiffusion, with the hooks on every tensor (see the module doc)."""
 
-    def __init__(self, model, n_active: int, seed: int, active_names=None):
+    def __init__(self, model, n_active: int, seed: int, active_names=None, frozen_dtype=None):
+        self.frozen_dtype = frozen_dtype
         self.named = list(model.named_parameters())
         self.total_layers = len(self.named)
         self.n = n_active if n_active >= 0 else int((self.total_layers - 2) * (8 / self.total_layers))
@@ -142,6 +143,12 @@ class LisaDiffusion:
         if missing:
             sys.exit(f"bench_train_step.py: --lisa-active names tensors the UNet lacks: {sorted(missing)[:3]}")
         self.active_names = [n for n, p in self.named if p.requires_grad]
+        if self.frozen_dtype is not None:  # the extended original's precision switch
+            for name, p in self.named:
+                if p.requires_grad:
+                    p.data = p.data.float()
+                elif "norm" not in name:
+                    p.data = p.data.to(self.frozen_dtype)
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -167,6 +174,8 @@ def main() -> int:
     ap.add_argument("--lora-rank", type=int, default=4)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--use-8bit-adam", action="store_true")
+    ap.add_argument("--bf16-frozen", action="store_true",
+                    help="bfloat16 autocast, frozen weights stored in bfloat16 (the original's precision switch)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path)
@@ -212,7 +221,7 @@ def main() -> int:
         classic = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], **HYPER)
     else:
         active = json.loads(a.lisa_active.read_text())["active_names"] if a.lisa_active else None
-        lisa = LisaDiffusion(unet, a.lisa_n, a.seed, active)
+        lisa = LisaDiffusion(unet, a.lisa_n, a.seed, active, torch.bfloat16 if a.bf16_frozen else None)
         r["active_names"] = lisa.active_names
 
     cfg = unet.config
@@ -223,6 +232,14 @@ def main() -> int:
                         torch.randn(a.batch, cfg.out_channels, a.latent, a.latent),
                         torch.randint(0, 1000, (a.batch,), dtype=torch.long),
                         torch.randn(a.batch, 77, ctx_dim)))
+    if a.bf16_frozen:
+        if a.regime.startswith("full"):
+            sys.exit("bench_train_step.py: --bf16-frozen needs a regime with frozen weights (lora, lisa)")
+        for name, p in unet.named_parameters():  # norms stay float32 (CPU group_norm needs it)
+            if not p.requires_grad and "norm" not in name:
+                p.data = p.data.to(torch.bfloat16)
+    r["bf16_frozen"] = a.bf16_frozen
+    r["param_bytes"] = sum(p.numel() * p.element_size() for p in unet.parameters())
     r["trainable_params"] = sum(p.numel() for p in unet.parameters() if p.requires_grad)
 
     malloc_trim()
@@ -234,8 +251,9 @@ def main() -> int:
     times, cpu_times, losses = [], [], []
     for k, (latents, noise, timesteps, context) in enumerate(batches):
         t0, c0 = time.perf_counter(), cpu_seconds()
-        pred = unet(latents + noise, timesteps, context).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16_frozen):
+            pred = unet(latents + noise, timesteps, context).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
         loss.backward()
         if classic is not None:
             classic.step()

@@ -109,6 +109,10 @@ FusedOptimizer::~FusedOptimizer() { remove_hooks(params_.size()); }
 
 void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   if (!sync_) return;  // inside an accumulation window: keep accumulating
+  if (options_.classic) {
+    sync_backward_seen_ = true;  // finish_step() steps every tensor at once
+    return;
+  }
   auto p = param;
   auto& grad = p.mutable_grad();
   if (!grad.defined()) return;
@@ -143,6 +147,11 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
     norm = grad.norm(2).item<double>();
   }
   sq_norm_ += norm * norm;
+  update(i, p, grad);
+  grad.reset();  // free the gradient now
+}
+
+void FusedOptimizer::update(std::size_t i, torch::Tensor& p, const torch::Tensor& grad) {
   ++stepped_;
   const double lr = options_.lr_at(global_step_);
   if (options_.use_8bit_adam) {
@@ -152,14 +161,66 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   } else {
     adamw_step(p, grad, states_[i], options_.adamw, lr, options_.kernel);
   }
-  grad.reset();  // free the gradient now
+}
+
+void FusedOptimizer::classic_step() {
+  std::vector<std::size_t> with_grad;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto& p = params_[i].second;
+    if (p.requires_grad() && p.grad().defined()) with_grad.push_back(i);
+  }
+  if (with_grad.empty()) return;
+  sync_backward_seen_ = true;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (auto i : with_grad) {
+    auto& p = params_[i].second;
+    if (!options_.use_8bit_adam && p.scalar_type() != torch::kFloat32) {
+      throw Error("FusedOptimizer: '" + params_[i].first + "' is " + std::string(c10::toString(p.scalar_type())) +
+                  "; trained tensors must be float32");
+    }
+    auto& g = p.mutable_grad();
+    if (options_.grad_reducer) options_.grad_reducer(g);
+    grads.push_back(g);
+  }
+  const auto drop_grads = [&] {
+    for (auto i : with_grad) params_[i].second.mutable_grad().reset();
+  };
+  if (options_.loss_scaling.enabled) {
+    bool finite = true;
+    for (auto& g : grads) {
+      g.mul_(1.0 / scale_);  // exact: the scale is a power of two
+      finite = finite && torch::isfinite(g).all().item<bool>();
+    }
+    if (!finite) {  // GradScaler: the whole step is skipped
+      skipped_ += static_cast<int64_t>(grads.size());
+      drop_grads();
+      return;
+    }
+  }
+  // torch.nn.utils.clip_grad_norm_ (foreach): the norm of the stacked per-tensor norms; the
+  // coefficient is clamped to 1 and always applied.
+  std::vector<torch::Tensor> norms;
+  norms.reserve(grads.size());
+  for (const auto& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2));
+  const auto total = torch::linalg_vector_norm(torch::stack(norms), 2);
+  if (options_.max_grad_norm > 0) {
+    const auto coef = torch::clamp_max(options_.max_grad_norm / (total + 1e-6), 1.0);
+    for (auto& g : grads) g.mul_(coef);
+  }
+  const double norm = total.item<double>();
+  sq_norm_ += norm * norm;
+  for (std::size_t k = 0; k < with_grad.size(); ++k) update(with_grad[k], params_[with_grad[k]].second, grads[k]);
+  drop_grads();
 }
 
 int64_t FusedOptimizer::finish_step() {
   // Tensors whose hook did not fire on the sync micro-batch (not in its graph) but that
   // accumulated a gradient earlier in the window: step them now rather than carry the
   // gradient into the next window.
-  if (sync_) {
+  if (sync_ && options_.classic) {
+    classic_step();
+  } else if (sync_) {
     for (std::size_t i = 0; i < params_.size(); ++i) {
       auto& p = params_[i].second;
       if (p.requires_grad() && p.grad().defined() && stepped_at_[i] != global_step_) on_grad(i, p);

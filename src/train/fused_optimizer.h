@@ -72,6 +72,12 @@ struct FusedOptimizerOptions {
   // Data parallel: called with each gradient on sync steps before clipping (e.g. all-reduce
   // average). Must be deterministic and identical on every rank.
   std::function<void(torch::Tensor& grad)> grad_reducer;
+  // The classic (unfused) step of the diffusers scripts, for the baselines: the hooks do not
+  // step; finish_step() steps every tensor that holds a gradient, after clipping the *global*
+  // norm over all of them (torch.nn.utils.clip_grad_norm_) and, with loss scaling, skipping
+  // the whole step when any gradient is non-finite (GradScaler). All gradients are alive at
+  // once, as with torch.optim.AdamW.
+  bool classic = false;
 };
 
 // Per-parameter AdamW state (fp32 moments, or the parameter's dtype when it is fp32).
@@ -138,6 +144,9 @@ class FusedOptimizer {
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& param);
+  void classic_step();
+  // The AdamW (or 8-bit) update of tensor i with its prepared gradient.
+  void update(std::size_t index, torch::Tensor& param, const torch::Tensor& grad);
   void remove_hooks(std::size_t count);
 
   std::vector<std::pair<std::string, torch::Tensor>> params_;

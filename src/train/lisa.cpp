@@ -191,7 +191,25 @@ Lisa::Lisa(std::vector<std::pair<std::string, torch::Tensor>> params, LisaOption
       options_(std::move(options)),
       sampler_(params_, options_),
       optimizer_(params_, std::move(optimizer)),
-      counts_(sampler_.units().size(), 0) {
+      counts_(sampler_.units().size(), 0),
+      keep_fp32_(params_.size(), true) {
+  if (const auto& d = options_.frozen_dtype) {
+    if (*d != torch::kBFloat16 && *d != torch::kHalf && *d != torch::kFloat32) {
+      throw Error(std::string("LISA: frozen_dtype must be bfloat16, float16 or float32, not ") + c10::toString(*d));
+    }
+    std::vector<std::regex> keep;
+    for (const auto& pattern : options_.keep_fp32) {
+      try {
+        keep.emplace_back(pattern);
+      } catch (const std::regex_error& e) {
+        throw Error("LISA: keep_fp32 pattern '" + pattern + "' is not a regular expression: " + e.what());
+      }
+    }
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      keep_fp32_[i] = std::any_of(keep.begin(), keep.end(),
+                                  [&](const std::regex& r) { return std::regex_search(params_[i].first, r); });
+    }
+  }
   recall();
 }
 
@@ -210,6 +228,7 @@ void Lisa::activate_units(const std::vector<std::size_t>& units) {
   for (auto u : units) {
     for (auto i : all[u].params) on[i] = true;
   }
+  const auto frozen = options_.frozen_dtype.value_or(torch::kFloat32);
   for (std::size_t i = 0; i < params_.size(); ++i) {
     auto& [name, p] = params_[i];
     if (!on[i]) {
@@ -218,7 +237,11 @@ void Lisa::activate_units(const std::vector<std::size_t>& units) {
         p.mutable_grad().reset();
         if (!options_.keep_state) optimizer_.drop_state(name);
       }
+      // The precision switch: a frozen tensor is rounded to frozen_dtype (set_data keeps
+      // the tensor object, so the module and the optimizer's hook still hold it).
+      if (!keep_fp32_[i] && p.scalar_type() != frozen) p.set_data(p.detach().to(frozen));
     } else {
+      if (p.scalar_type() != torch::kFloat32 && options_.frozen_dtype) p.set_data(p.detach().to(torch::kFloat32));
       p.set_requires_grad(true);
     }
   }

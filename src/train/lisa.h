@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -53,6 +54,14 @@ struct LisaOptions {
   LisaSampling sampling = LisaSampling::kUniform;
   uint64_t seed = 0;
   bool keep_state = false;  // keep a deactivated tensor's AdamW moments (default: free them)
+  // The precision switch of the authors' extended variant: frozen tensors are stored in this
+  // dtype (kBFloat16 or kHalf) and an activated tensor is converted to float32, its master
+  // copy, until it is frozen again and rounded back: float32 only for what trains. Tensors
+  // whose names match `keep_fp32` (searched regular expressions; default: normalisation
+  // layers, whose CPU kernels need float32 parameters) stay float32. The forward pass then
+  // needs autocast (mixed precision). Unset: every tensor keeps its dtype.
+  std::optional<torch::ScalarType> frozen_dtype;
+  std::vector<std::string> keep_fp32 = {"norm"};
 
   static LisaUnit unit_from_name(const std::string& name);
   static LisaSampling sampling_from_name(const std::string& name);
@@ -136,6 +145,7 @@ class Lisa {
   FusedOptimizer optimizer_;
   std::vector<std::size_t> active_;
   std::vector<int64_t> counts_;
+  std::vector<bool> keep_fp32_;  // per parameter: exempt from frozen_dtype
 };
 
 }  // namespace lisadiff::train

@@ -1,0 +1,623 @@
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "models/state.h"
+#include "train/checkpoint.h"
+
+namespace lisadiff::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kWeightsName = "diffusion_pytorch_model.safetensors";
+constexpr const char* kLoraName = "pytorch_lora_weights.safetensors";
+constexpr const char* kStateName = "training_state.json";
+constexpr int kStateFormat = 1;
+
+std::string dtype_name(const std::optional<torch::ScalarType>& d) {
+  if (!d || *d == torch::kFloat32) return "fp32";
+  return *d == torch::kHalf ? "fp16" : "bf16";
+}
+
+std::optional<torch::ScalarType> dtype_from_name(const std::string& source, const std::string& name) {
+  if (name == "fp32" || name == "no") return std::nullopt;
+  if (name == "fp16") return torch::kHalf;
+  if (name == "bf16") return torch::kBFloat16;
+  config::field_error(source, "frozen_dtype", "'" + name + "' is not one of fp32, fp16, bf16");
+}
+
+// Copies the float32 values of `params` into a safetensors file (half-precision frozen
+// tensors are widened: checkpoints and outputs always hold float32).
+void write_float32(const fs::path& file, const std::vector<std::pair<std::string, torch::Tensor>>& params) {
+  io::NamedTensors tensors;
+  tensors.reserve(params.size());
+  for (const auto& [name, p] : params) tensors.emplace_back(name, p.detach().to(torch::kCPU, torch::kFloat32).contiguous());
+  io::write_safetensors(file, tensors, {{"format", "pt"}});
+}
+
+// Mean of the numeric values per key over a window's micro-batches; other values: the last.
+nlohmann::ordered_json merge_logs(const std::vector<nlohmann::ordered_json>& logs) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  std::map<std::string, std::pair<double, int>> sums;
+  for (const auto& l : logs) {
+    for (auto it = l.begin(); it != l.end(); ++it) {
+      if (it.value().is_number()) {
+        auto& [sum, n] = sums[it.key()];
+        sum += it.value().get<double>();
+        ++n;
+        out[it.key()] = nullptr;  // keeps first-seen order
+      } else {
+        out[it.key()] = it.value();
+      }
+    }
+  }
+  for (auto& [k, sn] : sums) out[k] = sn.first / sn.second;
+  return out;
+}
+
+}  // namespace
+
+std::string method_name(TrainMethod m) {
+  switch (m) {
+    case TrainMethod::kLisa: return "lisa";
+    case TrainMethod::kFull: return "full";
+    case TrainMethod::kLora: return "lora";
+  }
+  return "?";
+}
+
+TrainMethod method_from_name(const std::string& name) {
+  if (name == "lisa") return TrainMethod::kLisa;
+  if (name == "full") return TrainMethod::kFull;
+  if (name == "lora") return TrainMethod::kLora;
+  throw Error("unknown method '" + name + "' (expected lisa, full or lora)");
+}
+
+std::string precision_name(MixedPrecision p) {
+  switch (p) {
+    case MixedPrecision::kNo: return "no";
+    case MixedPrecision::kFp16: return "fp16";
+    case MixedPrecision::kBf16: return "bf16";
+  }
+  return "?";
+}
+
+MixedPrecision precision_from_name(const std::string& name) {
+  if (name == "no") return MixedPrecision::kNo;
+  if (name == "fp16") return MixedPrecision::kFp16;
+  if (name == "bf16") return MixedPrecision::kBf16;
+  throw Error("unknown mixed_precision '" + name + "' (expected no, fp16 or bf16)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+TrainerOptions TrainerOptions::read(config::FieldReader& r) {
+  TrainerOptions o;
+  const auto& src = r.source();
+  const auto named = [&](const char* key, auto parse, auto& field, std::string value) {
+    r(key, value);
+    try {
+      field = parse(value);
+    } catch (const Error& e) {
+      config::field_error(src, key, e.problem());
+    }
+  };
+  named("method", method_from_name, o.method, method_name(o.method));
+  named("mixed_precision", precision_from_name, o.mixed_precision, precision_name(o.mixed_precision));
+  std::string step = "classic";
+  r("optimizer_step", step);
+  if (step != "classic" && step != "fused") config::field_error(src, "optimizer_step", "'" + step + "' is not classic or fused");
+  o.fused_step = step == "fused";
+  std::string frozen = "fp32";
+  r("frozen_dtype", frozen);
+  o.frozen_dtype = dtype_from_name(src, frozen);
+
+  std::optional<int> max_steps;
+  r("max_train_steps", max_steps);
+  if (!max_steps) config::field_error(src, "max_train_steps", "is required");
+  o.max_train_steps = *max_steps;
+  o.schedule = LrSchedule::read(r);
+  r("adam_beta1", o.adamw.beta1);
+  r("adam_beta2", o.adamw.beta2);
+  r("adam_weight_decay", o.adamw.weight_decay);
+  r("adam_epsilon", o.adamw.eps);
+  o.adamw.lr = o.schedule.base_lr;
+  r("max_grad_norm", o.max_grad_norm);
+  r("use_8bit_adam", o.use_8bit_adam);
+  r("gradient_accumulation_steps", o.gradient_accumulation_steps);
+  r("gradient_checkpointing", o.gradient_checkpointing);
+  int ckpt = static_cast<int>(o.checkpointing_steps);
+  r("checkpointing_steps", ckpt);
+  o.checkpointing_steps = ckpt;
+  r("checkpoints_total_limit", o.checkpoints_total_limit);
+  std::optional<std::string> resume;
+  r("resume_from_checkpoint", resume);
+  o.resume_from_checkpoint = resume.value_or("");
+  std::string out;
+  r("output_dir", out);
+  o.output_dir = out;
+
+  r("use_ema", o.use_ema);
+  r("ema_decay", o.ema.decay);
+  r("ema_min_decay", o.ema.min_decay);
+  int after = static_cast<int>(o.ema.update_after_step);
+  r("ema_update_after_step", after);
+  o.ema.update_after_step = after;
+  r("ema_use_warmup", o.ema.use_ema_warmup);
+  r("ema_inv_gamma", o.ema.inv_gamma);
+  r("ema_power", o.ema.power);
+
+  named("lisa_unit", LisaOptions::unit_from_name, o.lisa.unit, "tensor");
+  named("lisa_sampling", LisaOptions::sampling_from_name, o.lisa.sampling, "uniform");
+  int n_active = static_cast<int>(o.lisa.n_active);
+  r("lisa_n_active", n_active);
+  o.lisa.n_active = n_active;
+  r("lisa_rate", o.lisa.rate);
+  int interval = static_cast<int>(o.lisa.interval);
+  r("lisa_interval", interval);
+  o.lisa.interval = interval;
+  int seed = static_cast<int>(o.lisa.seed);
+  r("lisa_seed", seed);
+  if (seed < 0) config::field_error(src, "lisa_seed", "must be >= 0");
+  o.lisa.seed = static_cast<uint64_t>(seed);
+  r("lisa_keep_state", o.lisa.keep_state);
+  r("lisa_always_on", o.lisa.always_on);
+
+  int rank = static_cast<int>(o.lora.rank);
+  r("rank", rank);  // the DPO script's flag name
+  r("lora_rank", rank);
+  o.lora.rank = rank;
+  r("lora_alpha", o.lora.alpha);
+  r("lora_target_modules", o.lora.target_modules);
+  r("lora_init", o.lora.init);
+  o.validate(src);
+  return o;
+}
+
+void TrainerOptions::validate(const std::string& src) const {
+  using config::field_error;
+  if (output_dir.empty()) field_error(src, "output_dir", "is required");
+  if (max_train_steps < 1) field_error(src, "max_train_steps", fmt::format("must be >= 1, got {}", max_train_steps));
+  if (gradient_accumulation_steps < 1) {
+    field_error(src, "gradient_accumulation_steps", fmt::format("must be >= 1, got {}", gradient_accumulation_steps));
+  }
+  if (checkpointing_steps < 1) field_error(src, "checkpointing_steps", fmt::format("must be >= 1, got {}", checkpointing_steps));
+  if (checkpoints_total_limit && *checkpoints_total_limit < 1) {
+    field_error(src, "checkpoints_total_limit", fmt::format("must be >= 1, got {}", *checkpoints_total_limit));
+  }
+  if (!(max_grad_norm >= 0) || !std::isfinite(max_grad_norm)) field_error(src, "max_grad_norm", "must be a finite number >= 0");
+  const auto in01 = [&](const char* key, double v, bool open_upper) {
+    if (!(v >= 0) || (open_upper ? !(v < 1) : !(v <= 1))) field_error(src, key, fmt::format("must be in [0, 1), got {}", v));
+  };
+  in01("adam_beta1", adamw.beta1, true);
+  in01("adam_beta2", adamw.beta2, true);
+  if (!(adamw.eps > 0)) field_error(src, "adam_epsilon", "must be > 0");
+  if (!(adamw.weight_decay >= 0)) field_error(src, "adam_weight_decay", "must be >= 0");
+  if (frozen_dtype && *frozen_dtype != torch::kFloat32) {
+    if (method == TrainMethod::kFull) field_error(src, "frozen_dtype", "applies to lisa and lora (full training freezes nothing)");
+    if (mixed_precision == MixedPrecision::kNo) {
+      field_error(src, "frozen_dtype", "half-precision frozen weights need mixed_precision fp16 or bf16 (autocast)");
+    }
+  }
+  if (method == TrainMethod::kLisa) {
+    if (lisa.interval < 1) field_error(src, "lisa_interval", fmt::format("must be >= 1, got {}", lisa.interval));
+    if (lisa.rate > 1) field_error(src, "lisa_rate", fmt::format("must be <= 1, got {}", lisa.rate));
+  }
+  if (method == TrainMethod::kLora) {
+    if (lora.rank < 1) field_error(src, "lora_rank", fmt::format("must be >= 1, got {}", lora.rank));
+    if (lora.init != "kaiming" && lora.init != "gaussian") field_error(src, "lora_init", "must be kaiming or gaussian");
+  }
+  if (use_ema) ema.validate(src);
+  auto s = schedule;
+  s.total_steps = max_train_steps;
+  s.validate(src);
+}
+
+config::Json TrainerOptions::to_json() const {
+  config::Json j = schedule.to_json();
+  j["method"] = method_name(method);
+  j["max_train_steps"] = max_train_steps;
+  j["adam_beta1"] = adamw.beta1;
+  j["adam_beta2"] = adamw.beta2;
+  j["adam_weight_decay"] = adamw.weight_decay;
+  j["adam_epsilon"] = adamw.eps;
+  j["max_grad_norm"] = max_grad_norm;
+  j["use_8bit_adam"] = use_8bit_adam;
+  j["optimizer_step"] = fused_step ? "fused" : "classic";
+  j["gradient_accumulation_steps"] = gradient_accumulation_steps;
+  j["mixed_precision"] = precision_name(mixed_precision);
+  j["frozen_dtype"] = dtype_name(frozen_dtype);
+  j["gradient_checkpointing"] = gradient_checkpointing;
+  j["checkpointing_steps"] = checkpointing_steps;
+  j["checkpoints_total_limit"] = checkpoints_total_limit ? config::Json(*checkpoints_total_limit) : config::Json(nullptr);
+  j["output_dir"] = output_dir.string();
+  j["use_ema"] = use_ema;
+  if (method == TrainMethod::kLisa) {
+    j["lisa_unit"] = lisa.unit == LisaUnit::kTensor ? "tensor" : "block";
+    j["lisa_sampling"] = lisa.sampling == LisaSampling::kUniform ? "uniform" : "weighted";
+    j["lisa_n_active"] = lisa.n_active;
+    j["lisa_rate"] = lisa.rate;
+    j["lisa_interval"] = lisa.interval;
+    j["lisa_seed"] = lisa.seed;
+    j["lisa_keep_state"] = lisa.keep_state;
+    j["lisa_always_on"] = lisa.always_on;
+  }
+  if (method == TrainMethod::kLora) {
+    j["lora_rank"] = lora.rank;
+    j["lora_alpha"] = lora.alpha;
+    j["lora_target_modules"] = lora.target_modules;
+    j["lora_init"] = lora.init;
+  }
+  return j;
+}
+
+TrainedModel trained_unet(const models::UNet2DConditionModel& unet) {
+  TrainedModel m;
+  m.name = "unet";
+  m.module = unet.ptr();
+  m.config = unet->config.to_json();
+  auto impl = unet.ptr();
+  m.set_gradient_checkpointing = [impl](bool on) { impl->set_gradient_checkpointing(on); };
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autocast
+// ---------------------------------------------------------------------------------------------
+
+AutocastScope::AutocastScope(torch::Device device, torch::ScalarType dtype) : type_(device.type()) {
+  if (dtype == torch::kFloat32) return;
+  active_ = true;
+  was_enabled_ = at::autocast::is_autocast_enabled(type_);
+  was_dtype_ = at::autocast::get_autocast_dtype(type_);
+  at::autocast::set_autocast_dtype(type_, dtype);
+  at::autocast::set_autocast_enabled(type_, true);
+  at::autocast::increment_nesting();
+}
+
+AutocastScope::~AutocastScope() {
+  if (!active_) return;
+  // torch.autocast.__exit__: the outermost exit drops the cached weight casts.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(type_, was_enabled_);
+  at::autocast::set_autocast_dtype(type_, was_dtype_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trainer
+// ---------------------------------------------------------------------------------------------
+
+Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(model)), options_(std::move(options)) {
+  options_.validate();
+  if (!model_.module) throw Error("Trainer: no model");
+  auto& module = *model_.module;
+  const auto params = module.named_parameters(/*recurse=*/true);
+  if (params.is_empty()) throw Error("Trainer: the model has no parameters");
+  device_ = params.begin()->value().device();
+
+  auto schedule = options_.schedule;
+  schedule.total_steps = options_.max_train_steps;
+  FusedOptimizerOptions opt;
+  opt.adamw = options_.adamw;
+  opt.adamw.lr = schedule.base_lr;
+  opt.lr_at = [schedule](int64_t step) { return schedule.lr(step); };
+  opt.max_grad_norm = options_.max_grad_norm;
+  opt.use_8bit_adam = options_.use_8bit_adam;
+  opt.loss_scaling.enabled = options_.mixed_precision == MixedPrecision::kFp16;
+  opt.classic = !options_.fused_step && options_.method != TrainMethod::kLisa;
+
+  module.train();
+  if (model_.set_gradient_checkpointing) {
+    model_.set_gradient_checkpointing(options_.gradient_checkpointing);
+  } else if (options_.gradient_checkpointing) {
+    throw Error("Trainer: gradient_checkpointing is on but model '" + model_.name + "' cannot checkpoint");
+  }
+
+  switch (options_.method) {
+    case TrainMethod::kLisa: {
+      auto lo = options_.lisa;
+      lo.frozen_dtype = options_.frozen_dtype;
+      for (const auto& item : params) trainable_.emplace_back(item.key(), item.value());
+      lisa_ = std::make_unique<Lisa>(trainable_, lo, opt);
+      break;
+    }
+    case TrainMethod::kFull:
+      for (const auto& item : params) {
+        item.value().set_requires_grad(true);
+        trainable_.emplace_back(item.key(), item.value());
+      }
+      optimizer_ = std::make_unique<FusedOptimizer>(trainable_, opt);
+      break;
+    case TrainMethod::kLora: {
+      lora_ = std::make_unique<Lora>(module, options_.lora);
+      trainable_ = lora_->parameters();
+      if (options_.frozen_dtype) {  // the frozen base in half precision, norms in float32
+        torch::NoGradGuard no_grad;
+        for (const auto& item : params) {
+          if (item.key().find("norm") == std::string::npos) item.value().set_data(item.value().detach().to(*options_.frozen_dtype));
+        }
+      }
+      optimizer_ = std::make_unique<FusedOptimizer>(trainable_, opt);
+      break;
+    }
+  }
+  if (options_.use_ema) ema_ = std::make_unique<EMA>(trainable_, options_.ema);
+  metrics_ = MetricsWriter(options_.output_dir, options_.main_process);
+  spdlog::info("{}: {} of {} ({} tensors can train, {} parameters train now), {} steps x {} micro-batches, "
+               "mixed precision {}, frozen weights {}",
+               options_.label.empty() ? "trainer" : options_.label, method_name(options_.method), model_.name,
+               trainable_.size(), active_parameters(), options_.max_train_steps, options_.gradient_accumulation_steps,
+               precision_name(options_.mixed_precision), dtype_name(options_.frozen_dtype));
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::add_state(StatePart part) {
+  for (const auto& p : parts_) {
+    if (p.name == part.name) throw Error("Trainer: state part '" + part.name + "' added twice");
+  }
+  parts_.push_back(std::move(part));
+}
+
+FusedOptimizer& Trainer::optimizer() { return lisa_ ? lisa_->optimizer() : *optimizer_; }
+int64_t Trainer::global_step() const { return lisa_ ? lisa_->optimizer().global_step() : optimizer_->global_step(); }
+double Trainer::current_lr() const { return lisa_ ? lisa_->optimizer().current_lr() : optimizer_->current_lr(); }
+
+int64_t Trainer::active_parameters() const {
+  int64_t n = 0;
+  for (const auto& [name, p] : trainable_) n += p.requires_grad() ? p.numel() : 0;
+  return n;
+}
+
+void Trainer::write_model(const fs::path& dir) const {
+  if (lora_) {
+    lora_->save(dir);
+    return;
+  }
+  const fs::path sub = dir / model_.name;
+  fs::create_directories(sub);
+  auto json = model_.config;
+  json["_diffusers_version"] = models::kDiffusersFormatVersion;
+  io::write_file_atomic(sub / "config.json", json.dump(2) + "\n");
+  write_float32(sub / kWeightsName, trainable_);
+}
+
+void Trainer::read_model(const fs::path& dir) {
+  if (lora_) {
+    lora_->load(dir / kLoraName);
+    return;
+  }
+  const fs::path file = dir / model_.name / kWeightsName;
+  if (!fs::exists(file)) throw Error(file.string(), "the checkpoint has no weights for " + model_.name);
+  io::SafetensorsReader reader(file);
+  std::vector<std::string> missing, mismatched;
+  for (const auto& [name, p] : trainable_) {
+    if (!reader.contains(name)) {
+      missing.push_back(name);
+    } else if (reader.entry(name).shape != p.sizes().vec()) {
+      mismatched.push_back(name);
+    }
+  }
+  if (!missing.empty() || !mismatched.empty() || reader.size() != trainable_.size()) {
+    throw Error(file.string(), fmt::format("does not fit this model: {} missing, {} of another shape, {} tensors "
+                                           "in the file for {} parameters{}{}",
+                                           missing.size(), mismatched.size(), reader.size(), trainable_.size(),
+                                           missing.empty() ? "" : "; first missing: " + missing.front(),
+                                           mismatched.empty() ? "" : "; first mis-shaped: " + mismatched.front()));
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : trainable_) p.copy_(reader.tensor(name));  // into the tensor's dtype (exact for frozen ones)
+}
+
+nlohmann::json Trainer::training_state() const {
+  nlohmann::json s;
+  s["format"] = kStateFormat;
+  s["global_step"] = global_step();
+  s["micro_batches"] = micro_count_;
+  s["method"] = method_name(options_.method);
+  s["model"] = model_.name;
+  s["gradient_accumulation_steps"] = options_.gradient_accumulation_steps;
+  if (lisa_) s["lisa"] = lisa_->state();
+  nlohmann::json parts = nlohmann::json::object();
+  for (const auto& p : parts_) {
+    if (p.save_json) parts[p.name] = p.save_json();
+  }
+  s["parts"] = parts;
+  return s;
+}
+
+void Trainer::write_lisa_activations(const fs::path& file) const {
+  if (!lisa_) return;
+  nlohmann::ordered_json j;
+  j["global_step"] = global_step();
+  j["recalls"] = lisa_->sampler().draws();
+  nlohmann::ordered_json units = nlohmann::ordered_json::array();
+  const auto& info = lisa_->sampler().units();
+  const auto& counts = lisa_->activation_counts();
+  for (std::size_t u = 0; u < info.size(); ++u) {
+    units.push_back({{"unit", info[u].name}, {"parameters", info[u].numel}, {"always_on", info[u].always_on},
+                     {"activations", counts[u]}});
+  }
+  j["units"] = units;
+  io::write_file_atomic(file, j.dump(1) + "\n");
+}
+
+fs::path Trainer::save_checkpoint() {
+  if (!options_.main_process) return {};
+  CheckpointManager manager(options_.output_dir, options_.checkpoints_total_limit);
+  const auto path = manager.save(global_step(), [&](const fs::path& dir) {
+    write_model(dir);
+    if (ema_) ema_->save_pretrained(dir / (model_.name + "_ema"), lora_ ? config::Json::object() : model_.config);
+    save_optimizer_state(optimizer(), dir / "optimizer.safetensors");
+    for (const auto& p : parts_) {
+      if (p.save_files) p.save_files(dir);
+    }
+    write_lisa_activations(dir / "lisa_activations.json");
+    save_rng_states(dir / "random_states.safetensors");
+    io::write_file_atomic(dir / kStateName, training_state().dump(1) + "\n");
+  });
+  metrics_.event(global_step(), "checkpoint", {{"path", path.filename().string()}});
+  return path;
+}
+
+int64_t Trainer::resume() {
+  if (options_.resume_from_checkpoint.empty()) return global_step();
+  CheckpointManager manager(options_.output_dir, options_.checkpoints_total_limit);
+  const auto found = manager.find(options_.resume_from_checkpoint);
+  if (!found) {
+    spdlog::warn("resume_from_checkpoint '{}': no checkpoint in {}; starting a new training run",
+                 options_.resume_from_checkpoint, options_.output_dir.string());
+    return global_step();
+  }
+  load_checkpoint(*found);
+  return global_step();
+}
+
+void Trainer::load_checkpoint(const fs::path& dir) {
+  const fs::path state_file = dir / kStateName;
+  if (!fs::exists(state_file)) throw Error(state_file.string(), "missing: not a lisadiff checkpoint");
+  const auto state = config::read_json_file(state_file);
+  try {
+    if (state.at("format").get<int>() != kStateFormat) {
+      throw Error(state_file.string(), fmt::format("format {} is not {}", state.at("format").get<int>(), kStateFormat));
+    }
+    const auto method = state.at("method").get<std::string>();
+    if (method != method_name(options_.method)) {
+      throw Error(state_file.string(), "was written by a " + method + " run; this run is " + method_name(options_.method));
+    }
+    const int64_t step = state.at("global_step").get<int64_t>();
+    // The LISA set (and with it each tensor's dtype) before the weights, so that the saved
+    // float32 values land in tensors of the dtype they had when saved.
+    if (lisa_) {
+      try {
+        lisa_->load_state(nlohmann::json::parse(state.at("lisa").dump()));
+      } catch (const Error& e) {
+        throw Error(state_file.string(), e.problem());
+      }
+    }
+    read_model(dir);
+    load_optimizer_state(optimizer(), dir / "optimizer.safetensors");
+    optimizer().set_global_step(step);
+    if (ema_) ema_->load_pretrained(dir / (model_.name + "_ema"));
+    const auto& parts = state.at("parts");
+    for (const auto& p : parts_) {
+      if (p.load_json) {
+        if (!parts.contains(p.name)) throw Error(state_file.string(), "has no state for '" + p.name + "'");
+        p.load_json(nlohmann::json::parse(parts.at(p.name).dump()));
+      }
+      if (p.load_files) p.load_files(dir);
+    }
+    micro_count_ = state.at("micro_batches").get<int64_t>();
+    const auto dropped = metrics_.truncate_after(step);
+    if (dropped > 0) spdlog::info("{}: dropped {} metrics lines after step {}", metrics_.file().string(), dropped, step);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(state_file.string(), std::string("malformed: ") + e.what());
+  }
+  load_rng_states(dir / "random_states.safetensors");  // last: loading may draw numbers
+  spdlog::info("resumed from {} at step {}", dir.string(), global_step());
+}
+
+void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_t)>& after_step,
+                    std::optional<int64_t> stop_after) {
+  using Clock = std::chrono::steady_clock;
+  const int64_t end = stop_after ? std::min(options_.max_train_steps, global_step() + *stop_after) : options_.max_train_steps;
+  const int A = options_.gradient_accumulation_steps;
+  const auto dtype = options_.mixed_precision == MixedPrecision::kBf16   ? torch::kBFloat16
+                     : options_.mixed_precision == MixedPrecision::kFp16 ? torch::kHalf
+                                                                         : torch::kFloat32;
+  ProgressOptions po;
+  po.label = options_.label;
+  po.enabled = options_.main_process;
+  ProgressDisplay progress(options_.max_train_steps, po, global_step());
+  auto& opt = optimizer();
+  while (global_step() < end) {
+    const auto t0 = Clock::now();
+    const int64_t step = global_step();
+    const int64_t draws_before = lisa_ ? lisa_->sampler().draws() : 0;
+    double loss_sum = 0;
+    int n = 0;
+    std::vector<nlohmann::ordered_json> logs;
+    for (int index = 0; index < A; ++index) {
+      MicroResult r;
+      {
+        AutocastScope autocast(device_, dtype);
+        r = micro_step(MicroBatch{step, index, micro_count_});
+      }
+      ++micro_count_;
+      if (!r.loss.defined() || r.loss.numel() != 1) {
+        throw Error(fmt::format("{}: step {}: the micro-step returned {} instead of a scalar loss",
+                                options_.label.empty() ? "trainer" : options_.label, step,
+                                r.loss.defined() ? "a tensor of " + std::to_string(r.loss.numel()) + " elements" : "no loss"));
+      }
+      const double value = r.loss.detach().to(torch::kFloat64).item<double>();
+      if (!std::isfinite(value) && options_.mixed_precision != MixedPrecision::kFp16) {
+        throw Error(fmt::format("{}: step {} micro-batch {}: the loss is {}; stopping instead of training on it "
+                                "(the last checkpoint is intact)",
+                                options_.label.empty() ? "trainer" : options_.label, step, index, value));
+      }
+      loss_sum += value;
+      ++n;
+      logs.push_back(std::move(r.logs));
+      const bool sync = index == A - 1 || r.end_of_epoch;
+      opt.set_sync(sync);
+      // accelerate divides by A even when an epoch ends the window early.
+      (r.loss.to(torch::kFloat32) * (opt.loss_scale() / A)).backward();
+      if (sync) break;
+    }
+    const int64_t done = lisa_ ? lisa_->step() : opt.finish_step();
+    if (ema_) ema_->step(trainable_);
+    if (after_step) after_step(done);
+
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double loss = loss_sum / n;
+    nlohmann::ordered_json fields;
+    fields["loss"] = loss;
+    fields["lr"] = opt.current_lr();  // the lr of the next update, as the scripts log get_last_lr()
+    fields["grad_norm"] = opt.last_grad_norm();
+    fields["active_parameters"] = active_parameters();
+    fields["step_time"] = seconds;
+    fields["peak_memory"] = PeakMemory::measure().bytes();
+    if (options_.mixed_precision == MixedPrecision::kFp16) {
+      fields["loss_scale"] = opt.loss_scale();
+      fields["skipped_tensors"] = opt.last_skipped_tensors();
+    }
+    if (ema_) fields["ema_decay"] = ema_->current_decay();
+    const auto merged = merge_logs(logs);
+    for (auto it = merged.begin(); it != merged.end(); ++it) fields[it.key()] = it.value();
+    metrics_.log(done, fields);
+    if (lisa_ && lisa_->sampler().draws() != draws_before) {
+      metrics_.event(done, "recall", {{"active_parameters", active_parameters()}, {"active_tensors", lisa_->active_names().size()}});
+    }
+    const double share = 100.0 * static_cast<double>(active_parameters()) /
+                         static_cast<double>(std::max<int64_t>(1, lisa_ ? lisa_->total_parameters() : active_parameters()));
+    progress.update(done, loss, fields["lr"].get<double>(), {{"active", fmt::format("{:.1f}%", share)}});
+    if (done % options_.checkpointing_steps == 0) {
+      progress.break_line();
+      save_checkpoint();
+    }
+  }
+}
+
+void Trainer::save_final() {
+  if (ema_) ema_->copy_to(trainable_);
+  if (!options_.main_process) return;
+  fs::create_directories(options_.output_dir);
+  write_model(options_.output_dir);
+  write_lisa_activations(options_.output_dir / "lisa_activations.json");
+  spdlog::info("saved the trained {} to {}", lora_ ? std::string("LoRA adapters") : model_.name,
+               (options_.output_dir / (lora_ ? kLoraName : model_.name)).string());
+}
+
+}  // namespace lisadiff::train

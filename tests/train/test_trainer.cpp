@@ -1,0 +1,385 @@
+// The shared training loop: accumulation windows, LISA re-draws by optimizer step, the
+// classic and fused steps, the precision switch, metrics, checkpoints and exact resume.
+#include <gtest/gtest.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <fstream>
+#include <limits>
+#include <numeric>
+
+#include "io/safetensors.h"
+#include "models/unet.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+#include "test_util.h"
+
+namespace lisadiff {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::fixtures_dir;
+using testing::TempDir;
+using train::MicroBatch;
+using train::MicroResult;
+using train::Trainer;
+using train::TrainerOptions;
+using train::TrainMethod;
+
+models::UNet2DConditionModel micro_unet() { return models::load_unet(fixtures_dir() / "pipelines/micro-sd/unet"); }
+
+// The denoising loss on the micro-batch `count` of a deterministic synthetic stream (the
+// stream's position is the micro-batch count); the noise comes from the global generator,
+// which a resume must restore.
+MicroResult denoise(models::UNet2DConditionModel unet, const MicroBatch& mb, std::vector<double>* losses) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 + mb.count);
+  auto latents = at::randn({2, 4, 8, 8}, gen);
+  auto t = at::randint(0, 1000, {2}, gen);
+  auto context = at::randn({2, 7, static_cast<int64_t>(unet->config.cross_attention_dim.at(0))}, gen);
+  auto noise = torch::randn_like(latents);
+  auto pred = unet->forward(latents + noise, t, context);
+  auto loss = torch::mse_loss(pred.to(torch::kFloat32), noise);
+  if (losses) losses->push_back(loss.item<double>());
+  return {loss, {{"pred_std", pred.detach().to(torch::kFloat32).std().item<double>()}}};
+}
+
+TrainerOptions base_options(const fs::path& out, TrainMethod method) {
+  TrainerOptions o;
+  o.method = method;
+  o.output_dir = out;
+  o.max_train_steps = 12;
+  o.gradient_accumulation_steps = 2;
+  o.checkpointing_steps = 5;
+  o.schedule.type = train::LrScheduleType::kCosine;
+  o.schedule.base_lr = 1e-3;
+  o.schedule.warmup_steps = 3;
+  o.max_grad_norm = 0.5;
+  o.lisa.n_active = 10;
+  o.lisa.interval = 3;
+  o.lisa.seed = 7;
+  o.lora.rank = 2;
+  o.use_ema = true;
+  o.ema.decay = 0.9;
+  return o;
+}
+
+std::vector<torch::Tensor> weights(const Trainer& trainer) {
+  std::vector<torch::Tensor> out;
+  for (const auto& [name, p] : trainer.trainable()) out.push_back(p.detach().clone());
+  return out;
+}
+
+std::vector<int64_t> logged_steps(const fs::path& metrics) {
+  std::vector<int64_t> steps;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("event")) steps.push_back(j.at("step").get<int64_t>());
+  }
+  return steps;
+}
+
+struct Variant {
+  const char* name;
+  TrainMethod method;
+  bool fused;
+  train::MixedPrecision precision;
+  std::optional<torch::ScalarType> frozen;
+};
+
+void PrintTo(const Variant& v, std::ostream* os) { *os << v.name; }
+
+class TrainerResume : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(TrainerResume, ACrashAtStep7AndAResumeFromCheckpoint5EqualTheStraightRun) {
+  const Variant v = GetParam();
+  TempDir tmp;
+  const auto options = [&](const fs::path& out) {
+    auto o = base_options(out, v.method);
+    o.fused_step = v.fused;
+    o.mixed_precision = v.precision;
+    o.frozen_dtype = v.frozen;
+    return o;
+  };
+  // The straight run.
+  std::vector<double> straight_losses;
+  std::vector<torch::Tensor> straight_weights, straight_ema;
+  {
+    torch::manual_seed(3);
+    auto unet = micro_unet();
+    Trainer trainer(train::trained_unet(unet), options(tmp / "straight"));
+    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &straight_losses); });
+    EXPECT_EQ(trainer.global_step(), 12);
+    EXPECT_EQ(trainer.micro_batches(), 24);
+    straight_weights = weights(trainer);
+    for (const auto& [name, t] : trainer.ema()->shadows()) straight_ema.push_back(t.clone());
+  }
+  ASSERT_EQ(straight_losses.size(), 24u);
+  // A run that crashes in step 7 (after checkpoint-5)...
+  {
+    torch::manual_seed(3);
+    auto unet = micro_unet();
+    Trainer trainer(train::trained_unet(unet), options(tmp / "crashed"));
+    EXPECT_THROW(trainer.train([&](const MicroBatch& mb) {
+      if (mb.step == 7) throw std::runtime_error("simulated crash");
+      return denoise(unet, mb, nullptr);
+    }),
+                 std::runtime_error);
+  }
+  EXPECT_EQ(logged_steps(tmp / "crashed/metrics.jsonl"), (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7}));
+  // ...and its resumption, in a new process state (other seed, fresh model).
+  std::vector<double> resumed_losses;
+  {
+    torch::manual_seed(99);
+    auto unet = micro_unet();
+    auto o = options(tmp / "crashed");
+    o.resume_from_checkpoint = "latest";
+    Trainer trainer(train::trained_unet(unet), o);
+    EXPECT_EQ(trainer.resume(), 5);
+    EXPECT_EQ(trainer.micro_batches(), 10);
+    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &resumed_losses); });
+    ASSERT_EQ(resumed_losses.size(), 14u);
+    for (std::size_t i = 0; i < resumed_losses.size(); ++i) {
+      EXPECT_EQ(resumed_losses[i], straight_losses[10 + i]) << "micro-batch " << 10 + i;
+    }
+    const auto w = weights(trainer);
+    ASSERT_EQ(w.size(), straight_weights.size());
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      EXPECT_TRUE(testing::same_tensor(w[i], straight_weights[i])) << trainer.trainable()[i].first;
+    }
+    // The EMA resumed too.
+    const auto& shadows = trainer.ema()->shadows();
+    ASSERT_EQ(shadows.size(), straight_ema.size());
+    for (std::size_t i = 0; i < shadows.size(); ++i) {
+      EXPECT_TRUE(testing::same_tensor(shadows[i].second, straight_ema[i])) << "EMA " << shadows[i].first;
+    }
+  }
+  // Metrics: each step once, the abandoned branch (6, 7) replaced.
+  std::vector<int64_t> expected(12);
+  std::iota(expected.begin(), expected.end(), 1);
+  EXPECT_EQ(logged_steps(tmp / "crashed/metrics.jsonl"), expected);
+  EXPECT_TRUE(fs::exists(tmp / "crashed/checkpoint-10/training_state.json"));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Methods, TrainerResume,
+    ::testing::Values(Variant{"lisa", TrainMethod::kLisa, true, train::MixedPrecision::kNo, std::nullopt},
+                      Variant{"lisa_bf16_frozen", TrainMethod::kLisa, true, train::MixedPrecision::kBf16, torch::kBFloat16},
+                      Variant{"full_classic", TrainMethod::kFull, false, train::MixedPrecision::kNo, std::nullopt},
+                      Variant{"full_fused", TrainMethod::kFull, true, train::MixedPrecision::kNo, std::nullopt},
+                      Variant{"lora_classic", TrainMethod::kLora, false, train::MixedPrecision::kNo, std::nullopt}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Trainer, LisaRedrawsEveryIntervalOptimizerStepsNotMicroBatches) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  o.gradient_accumulation_steps = 3;
+  o.max_train_steps = 6;
+  o.checkpointing_steps = 100;
+  o.lisa.interval = 2;
+  o.use_ema = false;
+  torch::manual_seed(0);
+  auto unet = micro_unet();
+  std::vector<torch::Tensor> before;
+  for (const auto& p : unet->parameters()) before.push_back(p.detach().clone());
+  Trainer trainer(train::trained_unet(unet), o);
+  std::vector<std::vector<std::string>> sets;
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); },
+                [&](int64_t) { sets.push_back(trainer.lisa()->active_names()); });
+  EXPECT_EQ(trainer.micro_batches(), 18);
+  // after_step runs after the re-draw of steps 2, 4, 6: sets change exactly there.
+  ASSERT_EQ(sets.size(), 6u);
+  EXPECT_NE(sets[0], sets[1]);
+  EXPECT_EQ(sets[1], sets[2]);
+  EXPECT_NE(sets[2], sets[3]);
+  EXPECT_EQ(sets[3], sets[4]);
+  std::vector<int64_t> recalls;
+  std::ifstream in(tmp / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == "recall") recalls.push_back(j.at("step").get<int64_t>());
+    if (!j.contains("event")) {
+      for (const char* key : {"loss", "lr", "grad_norm", "active_parameters", "step_time", "peak_memory", "pred_std"}) {
+        EXPECT_TRUE(j.contains(key)) << key << " missing in " << line;
+      }
+    }
+  }
+  EXPECT_EQ(recalls, (std::vector<int64_t>{2, 4, 6}));
+  // A tensor that was never active keeps its bytes.
+  const auto counts = trainer.lisa()->activation_counts();
+  const auto& units = trainer.lisa()->sampler().units();
+  int untouched = 0;
+  auto params = unet->parameters();
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    if (counts[u] > 0) continue;
+    for (auto i : units[u].params) {
+      EXPECT_TRUE(testing::same_tensor(params[i], before[i])) << units[u].name;
+      ++untouched;
+    }
+  }
+  EXPECT_GT(untouched, 0);
+  trainer.save_final();
+  const auto activations = testing::read_json(tmp / "lisa_activations.json");
+  EXPECT_EQ(activations.at("units").size(), units.size());
+  EXPECT_EQ(activations.at("recalls").get<int64_t>(), 4);  // the first draw and steps 2, 4, 6
+}
+
+TEST(Trainer, AnEndOfEpochClosesTheWindowEarly) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kFull);
+  o.gradient_accumulation_steps = 4;
+  o.max_train_steps = 2;
+  o.schedule.warmup_steps = 1;
+  o.use_ema = false;
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  std::vector<int> indices;
+  trainer.train([&](const MicroBatch& mb) {
+    indices.push_back(mb.index);
+    auto r = denoise(unet, mb, nullptr);
+    r.end_of_epoch = mb.count == 2;
+    return r;
+  });
+  EXPECT_EQ(indices, (std::vector<int>{0, 1, 2, 0, 1, 2, 3}));
+  EXPECT_EQ(trainer.global_step(), 2);
+}
+
+// The classic step is the diffusers scripts' one: all gradients, the global norm clipped
+// as torch.nn.utils.clip_grad_norm_, then torch AdamW.
+TEST(Trainer, ClassicFullStepEqualsGlobalClipAndTorchAdamW) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kFull);
+  o.gradient_accumulation_steps = 1;
+  o.max_train_steps = 3;
+  o.use_ema = false;
+  o.schedule.type = train::LrScheduleType::kConstant;
+  o.max_grad_norm = 0.05;  // clips every step
+  auto unet = micro_unet();
+  auto reference = micro_unet();
+  reference->train();
+  std::vector<torch::Tensor> ref_params = reference->parameters();
+  torch::optim::AdamW adamw(ref_params, torch::optim::AdamWOptions(1e-3).weight_decay(1e-2));
+  Trainer trainer(train::trained_unet(unet), o);
+  torch::manual_seed(1);
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+  torch::manual_seed(1);
+  for (int64_t step = 0; step < 3; ++step) {
+    adamw.zero_grad();
+    denoise(reference, MicroBatch{step, 0, step}, nullptr).loss.backward();
+    const double norm = torch::nn::utils::clip_grad_norm_(ref_params, 0.05);
+    EXPECT_GT(norm, 0.05);
+    adamw.step();
+  }
+  const auto trained = unet->parameters();
+  for (std::size_t i = 0; i < trained.size(); ++i) {
+    EXPECT_TRUE(testing::close_tensor(trainer.trainable()[i].first, trained[i], ref_params[i], 1e-6, 1e-5));
+  }
+}
+
+TEST(Trainer, TheBf16PrecisionSwitchKeepsFloat32OnlyForWhatTrains) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  o.mixed_precision = train::MixedPrecision::kBf16;
+  o.frozen_dtype = torch::kBFloat16;
+  o.max_train_steps = 4;
+  o.use_ema = false;
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  int64_t half_bytes = 0, float_bytes = 0;
+  for (const auto& [name, p] : trainer.trainable()) {
+    if (p.requires_grad() || name.find("norm") != std::string::npos) {
+      EXPECT_EQ(p.scalar_type(), torch::kFloat32) << name;
+      float_bytes += p.numel() * 4;
+    } else {
+      EXPECT_EQ(p.scalar_type(), torch::kBFloat16) << name;
+      half_bytes += p.numel() * 2;
+    }
+  }
+  EXPECT_GT(half_bytes, 0);
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+  for (const auto& [name, p] : trainer.trainable()) {
+    EXPECT_EQ(p.scalar_type(), p.requires_grad() || name.find("norm") != std::string::npos ? torch::kFloat32 : torch::kBFloat16)
+        << name;
+  }
+  // Outputs hold float32 whatever the storage.
+  trainer.save_final();
+  io::SafetensorsReader reader(tmp / "unet/diffusion_pytorch_model.safetensors");
+  for (const auto& e : reader.entries()) EXPECT_EQ(e.dtype, io::Dtype::F32) << e.name;
+  auto reloaded = models::load_unet(tmp / "unet");
+  EXPECT_EQ(reloaded->parameters().size(), unet->parameters().size());
+}
+
+TEST(Trainer, ANonFiniteLossStopsTheRun) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  EXPECT_THROW_WITH(trainer.train([&](const MicroBatch& mb) {
+    auto r = denoise(unet, mb, nullptr);
+    if (mb.count == 3) r.loss = r.loss * std::numeric_limits<double>::quiet_NaN();
+    return r;
+  }),
+                    "step 1 micro-batch 1", "the loss is nan");
+  EXPECT_EQ(trainer.global_step(), 1);
+}
+
+TEST(Trainer, LoraFinalOutputIsTheAdapterFile) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLora);
+  o.max_train_steps = 2;
+  o.schedule.warmup_steps = 1;
+  o.use_ema = false;
+  o.fused_step = true;
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+  trainer.save_final();
+  io::SafetensorsReader reader(tmp / "pytorch_lora_weights.safetensors");
+  EXPECT_EQ(reader.size(), trainer.trainable().size());
+  EXPECT_FALSE(fs::exists(tmp / "unet"));
+}
+
+TEST(TrainerOptions, ReadsTheScriptsKeysAndRejectsBadValues) {
+  const auto read = [](const config::Json& j) {
+    config::FieldReader r(j, "run.json");
+    return TrainerOptions::read(r);
+  };
+  const auto o = read({{"output_dir", "out"}, {"max_train_steps", 100}, {"method", "lora"}, {"rank", 8},
+                       {"mixed_precision", "bf16"}, {"frozen_dtype", "bf16"}, {"learning_rate", 5e-6},
+                       {"lr_scheduler", "linear"}, {"lr_warmup_steps", 10}, {"optimizer_step", "fused"}});
+  EXPECT_EQ(o.method, TrainMethod::kLora);
+  EXPECT_EQ(o.lora.rank, 8);
+  EXPECT_EQ(o.frozen_dtype, torch::kBFloat16);
+  EXPECT_TRUE(o.fused_step);
+  EXPECT_EQ(o.schedule.base_lr, 5e-6);
+  EXPECT_THROW_WITH(read({{"output_dir", "out"}}), "run.json", "max_train_steps", "required");
+  EXPECT_THROW_WITH(read({{"output_dir", "out"}, {"max_train_steps", 10}, {"method", "dora"}}), "run.json",
+                    "field 'method'", "dora");
+  EXPECT_THROW_WITH(read({{"output_dir", "out"}, {"max_train_steps", 10}, {"frozen_dtype", "bf16"}}), "frozen_dtype",
+                    "mixed_precision");
+  EXPECT_THROW_WITH(read({{"output_dir", "out"}, {"max_train_steps", 10}, {"gradient_accumulation_steps", 0}}),
+                    "gradient_accumulation_steps", ">= 1");
+  EXPECT_THROW_WITH(read({{"output_dir", "out"}, {"max_train_steps", 10}, {"optimizer_step", "eager"}}), "optimizer_step");
+}
+
+TEST(Trainer, ResumingIntoAnotherMethodIsAnError) {
+  TempDir tmp;
+  {
+    auto o = base_options(tmp.path(), TrainMethod::kFull);
+    o.max_train_steps = 5;
+    o.use_ema = false;
+    auto unet = micro_unet();
+    Trainer trainer(train::trained_unet(unet), o);
+    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+  }
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  o.use_ema = false;
+  o.resume_from_checkpoint = "checkpoint-5";
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  EXPECT_THROW_WITH(trainer.resume(), "checkpoint-5", "training_state.json", "full run", "lisa");
+}
+
+}  // namespace
+}  // namespace lisadiff
