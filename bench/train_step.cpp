@@ -49,26 +49,13 @@
 #include "train/fused_optimizer.h"
 #include "train/lisa.h"
 #include "train/lora.h"
+#include "train/metrics.h"
 #include "train/trainer.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// A field of /proc/self/status in bytes ("VmRSS", "VmHWM"); -1 when unavailable.
-int64_t proc_status_bytes(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      std::istringstream s(line.substr(field.size() + 1));
-      int64_t kb = -1;
-      s >> kb;
-      return kb < 0 ? -1 : kb * 1024;
-    }
-  }
-  return -1;
-}
+using lisadiff::train::proc_status_bytes;
 
 // Resets VmHWM to the current RSS (Linux >= 4.0). Returns whether it worked.
 bool reset_peak_rss() {
@@ -161,10 +148,7 @@ int run(const Args& a) {
 
   int64_t total = 0;
   for (const auto& p : unet->parameters()) total += p.numel();
-  int64_t param_bytes = 0;
-  for (const auto& p : unet->parameters()) param_bytes += static_cast<int64_t>(p.nbytes());
   r["total_params"] = total;
-  r["param_bytes"] = param_bytes;
   r["param_tensors"] = unet->parameters().size();
 
   torch::manual_seed(a.seed);
@@ -187,14 +171,7 @@ int run(const Args& a) {
     lo.rank = a.lora_rank;
     lora = std::make_unique<train::Lora>(*unet, lo);
     fused = std::make_unique<train::FusedOptimizer>(lora->parameters(), fo);
-    if (a.bf16_frozen) {  // the frozen base in bfloat16 (norms stay float32), as the Trainer does
-      torch::NoGradGuard no_grad;
-      for (auto& p : unet->named_parameters()) {
-        if (!p.value().requires_grad() && p.key().find("norm") == std::string::npos) {
-          p.value().set_data(p.value().detach().to(torch::kBFloat16));
-        }
-      }
-    }
+    if (a.bf16_frozen) train::store_frozen_weights(train::named_parameters(*unet), torch::kBFloat16);  // as the Trainer
   } else {
     train::LisaOptions lo;
     lo.n_active = a.lisa_n;

@@ -203,7 +203,6 @@ def main() -> int:
     malloc_trim()
     r["rss_loaded_bytes"] = proc_status_bytes("VmRSS")
     r["total_params"] = sum(p.numel() for p in unet.parameters())
-    r["param_bytes"] = sum(p.numel() * p.element_size() for p in unet.parameters())
     r["param_tensors"] = len(list(unet.parameters()))
 
     torch.manual_seed(a.seed)

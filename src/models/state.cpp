@@ -111,7 +111,7 @@ LoadReport load_parameters(torch::nn::Module& module, const std::vector<std::fil
   }
 
   torch::NoGradGuard no_grad;
-  module.to(options.device, options.dtype);
+  if (options.convert_module) module.to(options.device, options.dtype);
   params = module.named_parameters(/*recurse=*/true);
   for (const auto& item : params) {
     auto src = sources.find(item.key());

@@ -33,6 +33,10 @@ struct LoadOptions {
   KeyAlias alias;  // optional
   // File keys that are known, not parameters, and skipped (e.g. CLIP's position_ids).
   std::function<bool(const std::string& key)> ignore;
+  // false: leave each parameter's dtype and device as they are (dtype/device unused) and
+  // convert the file's values into them, e.g. a model whose frozen tensors are stored in
+  // half precision while the trained ones are float32.
+  bool convert_module = true;
   // Tolerate keys the model has and the files lack (the LCM student's cond_proj); they keep
   // their current values. Every such key is logged.
   bool allow_missing = false;

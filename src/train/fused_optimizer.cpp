@@ -29,15 +29,21 @@ AdamWKernel resolve(AdamWKernel k, const torch::Tensor& p) {
 
 }  // namespace
 
-double clip_grad_norm_(torch::Tensor& grad, double max_norm) {
-  // torch.nn.utils.clip_grad_norm_ on one tensor, op for op: the total norm is the norm of the
+double clip_grad_norms_(const std::vector<torch::Tensor>& grads, double max_norm) {
+  // torch.nn.utils.clip_grad_norm_ (foreach), op for op: the total norm is the norm of the
   // stacked per-tensor norms, the coefficient is clamped to 1 and always applied.
-  auto norm = torch::linalg_vector_norm(grad, 2);
-  auto total = torch::linalg_vector_norm(torch::stack({norm}), 2);
-  auto coef = max_norm / (total + 1e-6);
-  grad.mul_(torch::clamp_max(coef, 1.0));
+  std::vector<torch::Tensor> norms;
+  norms.reserve(grads.size());
+  for (const auto& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2));
+  const auto total = torch::linalg_vector_norm(torch::stack(norms), 2);
+  if (max_norm > 0) {
+    const auto coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
+    for (const auto& g : grads) g.mul_(coef);
+  }
   return total.item<double>();
 }
+
+double clip_grad_norm_(torch::Tensor& grad, double max_norm) { return clip_grad_norms_({grad}, max_norm); }
 
 void FusedOptimizer::adamw_step(torch::Tensor& p, const torch::Tensor& grad, AdamWState& s, const AdamWOptions& o,
                                 double lr, AdamWKernel kernel) {
@@ -124,31 +130,34 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
     throw Error("FusedOptimizer: '" + name + "' received two separate gradients in one step (a parameter shared "
                 "between a gradient-checkpointed block and other code); fused steps need one gradient per step");
   }
-  if (!options_.use_8bit_adam && p.scalar_type() != torch::kFloat32) {
-    throw Error("FusedOptimizer: '" + name + "' is " + std::string(c10::toString(p.scalar_type())) +
-                "; trained tensors must be float32 (an AdamW update is below half precision's resolution)");
-  }
+  check_float32(i);
   stepped_at_[i] = global_step_;
   sync_backward_seen_ = true;
   torch::NoGradGuard no_grad;
   if (options_.grad_reducer) options_.grad_reducer(grad);
-  if (options_.loss_scaling.enabled) {
-    grad.mul_(1.0 / scale_);  // exact: the scale is a power of two
-    if (!torch::isfinite(grad).all().item<bool>()) {
-      ++skipped_;
-      grad.reset();
-      return;
-    }
+  if (!unscale_finite(grad)) {
+    ++skipped_;
+    grad.reset();
+    return;
   }
-  double norm;
-  if (options_.max_grad_norm > 0) {
-    norm = clip_grad_norm_(grad, options_.max_grad_norm);
-  } else {
-    norm = grad.norm(2).item<double>();
-  }
+  const double norm = clip_grad_norm_(grad, options_.max_grad_norm);  // <= 0: measured only
   sq_norm_ += norm * norm;
   update(i, p, grad);
   grad.reset();  // free the gradient now
+}
+
+void FusedOptimizer::check_float32(std::size_t i) const {
+  const auto& p = params_[i].second;
+  if (!options_.use_8bit_adam && p.scalar_type() != torch::kFloat32) {
+    throw Error("FusedOptimizer: '" + params_[i].first + "' is " + std::string(c10::toString(p.scalar_type())) +
+                "; trained tensors must be float32 (an AdamW update is below half precision's resolution)");
+  }
+}
+
+bool FusedOptimizer::unscale_finite(torch::Tensor& grad) const {
+  if (!options_.loss_scaling.enabled) return true;
+  grad.mul_(1.0 / scale_);  // exact: the scale is a power of two
+  return torch::isfinite(grad).all().item<bool>();
 }
 
 void FusedOptimizer::update(std::size_t i, torch::Tensor& p, const torch::Tensor& grad) {
@@ -174,41 +183,22 @@ void FusedOptimizer::classic_step() {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> grads;
   for (auto i : with_grad) {
-    auto& p = params_[i].second;
-    if (!options_.use_8bit_adam && p.scalar_type() != torch::kFloat32) {
-      throw Error("FusedOptimizer: '" + params_[i].first + "' is " + std::string(c10::toString(p.scalar_type())) +
-                  "; trained tensors must be float32");
-    }
-    auto& g = p.mutable_grad();
+    check_float32(i);
+    auto& g = params_[i].second.mutable_grad();
     if (options_.grad_reducer) options_.grad_reducer(g);
     grads.push_back(g);
   }
   const auto drop_grads = [&] {
     for (auto i : with_grad) params_[i].second.mutable_grad().reset();
   };
-  if (options_.loss_scaling.enabled) {
-    bool finite = true;
-    for (auto& g : grads) {
-      g.mul_(1.0 / scale_);  // exact: the scale is a power of two
-      finite = finite && torch::isfinite(g).all().item<bool>();
-    }
-    if (!finite) {  // GradScaler: the whole step is skipped
-      skipped_ += static_cast<int64_t>(grads.size());
-      drop_grads();
-      return;
-    }
+  bool finite = true;
+  for (auto& g : grads) finite = unscale_finite(g) && finite;
+  if (!finite) {  // GradScaler: the whole step is skipped
+    skipped_ += static_cast<int64_t>(grads.size());
+    drop_grads();
+    return;
   }
-  // torch.nn.utils.clip_grad_norm_ (foreach): the norm of the stacked per-tensor norms; the
-  // coefficient is clamped to 1 and always applied.
-  std::vector<torch::Tensor> norms;
-  norms.reserve(grads.size());
-  for (const auto& g : grads) norms.push_back(torch::linalg_vector_norm(g, 2));
-  const auto total = torch::linalg_vector_norm(torch::stack(norms), 2);
-  if (options_.max_grad_norm > 0) {
-    const auto coef = torch::clamp_max(options_.max_grad_norm / (total + 1e-6), 1.0);
-    for (auto& g : grads) g.mul_(coef);
-  }
-  const double norm = total.item<double>();
+  const double norm = clip_grad_norms_(grads, options_.max_grad_norm);  // the global norm
   sq_norm_ += norm * norm;
   for (std::size_t k = 0; k < with_grad.size(); ++k) update(with_grad[k], params_[with_grad[k]].second, grads[k]);
   drop_grads();

@@ -145,6 +145,9 @@ class FusedOptimizer {
  private:
   void on_grad(std::size_t index, const torch::Tensor& param);
   void classic_step();
+  void check_float32(std::size_t index) const;  // throws for a trained tensor that is not float32
+  // Unscales a gradient (loss scaling on) and says whether it is finite.
+  bool unscale_finite(torch::Tensor& grad) const;
   // The AdamW (or 8-bit) update of tensor i with its prepared gradient.
   void update(std::size_t index, torch::Tensor& param, const torch::Tensor& grad);
   void remove_hooks(std::size_t count);
@@ -168,5 +171,8 @@ class FusedOptimizer {
 // Clips one gradient in place as torch.nn.utils.clip_grad_norm_ does for a single tensor:
 // coef = min(1, max_norm / (norm + 1e-6)); grad *= coef. Returns the norm before clipping.
 double clip_grad_norm_(torch::Tensor& grad, double max_norm);
+// torch.nn.utils.clip_grad_norm_ over several gradients (the global norm); max_norm <= 0
+// only measures. Returns the norm before clipping.
+double clip_grad_norms_(const std::vector<torch::Tensor>& grads, double max_norm);
 
 }  // namespace lisadiff::train

@@ -47,6 +47,39 @@ LisaSampling LisaOptions::sampling_from_name(const std::string& name) {
   throw Error("unknown LISA sampling '" + name + "' (known: uniform, weighted)");
 }
 
+namespace {
+
+// Per parameter: whether its name matches one of `patterns` (searched regular expressions).
+std::vector<bool> matches_any(const std::vector<std::pair<std::string, torch::Tensor>>& params,
+                              const std::vector<std::string>& patterns) {
+  std::vector<std::regex> compiled;
+  for (const auto& pattern : patterns) {
+    try {
+      compiled.emplace_back(pattern);
+    } catch (const std::regex_error& e) {
+      throw Error("keep_fp32 pattern '" + pattern + "' is not a regular expression: " + e.what());
+    }
+  }
+  std::vector<bool> out(params.size());
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    out[i] = std::any_of(compiled.begin(), compiled.end(),
+                         [&](const std::regex& r) { return std::regex_search(params[i].first, r); });
+  }
+  return out;
+}
+
+}  // namespace
+
+void store_frozen_weights(const std::vector<std::pair<std::string, torch::Tensor>>& params, torch::ScalarType dtype,
+                          const std::vector<std::string>& keep_fp32) {
+  const auto keep = matches_any(params, keep_fp32);
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    auto p = params[i].second;
+    if (!keep[i] && !p.requires_grad() && p.scalar_type() != dtype) p.set_data(p.detach().to(dtype));
+  }
+}
+
 std::string block_of(const std::string& name) {
   std::vector<std::string> parts;
   std::stringstream ss(name);
@@ -197,18 +230,7 @@ Lisa::Lisa(std::vector<std::pair<std::string, torch::Tensor>> params, LisaOption
     if (*d != torch::kBFloat16 && *d != torch::kHalf && *d != torch::kFloat32) {
       throw Error(std::string("LISA: frozen_dtype must be bfloat16, float16 or float32, not ") + c10::toString(*d));
     }
-    std::vector<std::regex> keep;
-    for (const auto& pattern : options_.keep_fp32) {
-      try {
-        keep.emplace_back(pattern);
-      } catch (const std::regex_error& e) {
-        throw Error("LISA: keep_fp32 pattern '" + pattern + "' is not a regular expression: " + e.what());
-      }
-    }
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      keep_fp32_[i] = std::any_of(keep.begin(), keep.end(),
-                                  [&](const std::regex& r) { return std::regex_search(params_[i].first, r); });
-    }
+    keep_fp32_ = matches_any(params_, options_.keep_fp32);
   }
   recall();
 }

@@ -75,6 +75,12 @@ struct LisaUnitInfo {
   double weight = 1.0;  // sampling weight (kWeighted)
 };
 
+// The precision switch for a fixed frozen set (LoRA's base): stores every tensor of `params`
+// that does not require grad and whose name matches none of `keep_fp32` (searched regular
+// expressions) in `dtype`, in place (set_data: modules keep holding the same tensors).
+void store_frozen_weights(const std::vector<std::pair<std::string, torch::Tensor>>& params, torch::ScalarType dtype,
+                          const std::vector<std::string>& keep_fp32 = {"norm"});
+
 // The unit of a parameter name under kBlock: the path up to the index after resnets,
 // attentions, downsamplers, upsamplers or layers; else the module path (name minus the last
 // part). Exposed for tests and reports.

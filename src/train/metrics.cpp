@@ -339,21 +339,6 @@ bool ProgressDisplay::update(std::int64_t step, std::optional<double> loss, std:
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-// A "Name:   123 kB" line of /proc/self/status, in bytes; 0 when absent.
-std::int64_t proc_status_bytes(const std::string& name) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, name.size() + 1, name + ":") != 0) continue;
-    std::istringstream fields(line.substr(name.size() + 1));
-    long long value = 0;
-    std::string unit;
-    if (!(fields >> value)) return 0;
-    fields >> unit;
-    return unit == "kB" ? value * 1024 : value;
-  }
-  return 0;
-}
 
 // The CUDA caching allocator, when CUDA is present and has been initialised; through c10's
 // device-generic interface, so nothing here needs the CUDA headers.
@@ -381,6 +366,21 @@ std::int64_t cuda_peak(bool reserved) {
 }
 
 }  // namespace
+
+std::int64_t proc_status_bytes(const std::string& name) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, name.size() + 1, name + ":") != 0) continue;
+    std::istringstream fields(line.substr(name.size() + 1));
+    long long value = 0;
+    std::string unit;
+    if (!(fields >> value)) return 0;
+    fields >> unit;
+    return unit == "kB" ? value * 1024 : value;
+  }
+  return 0;
+}
 
 std::int64_t host_peak_rss_bytes() {
   if (const auto hwm = proc_status_bytes("VmHWM"); hwm > 0) return hwm;

@@ -198,6 +198,9 @@ struct PeakMemory {
 };
 
 std::int64_t host_peak_rss_bytes();
+// A "Name:   123 kB" field of /proc/self/status ("VmRSS", "VmHWM", "RssAnon", ...) in
+// bytes; 0 when it cannot be read.
+std::int64_t proc_status_bytes(const std::string& name);
 // The current resident set size (VmRSS); 0 when it cannot be read.
 std::int64_t host_current_rss_bytes();
 // -1 when CUDA is not available or its allocator is not initialised.

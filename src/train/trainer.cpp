@@ -198,11 +198,11 @@ void TrainerOptions::validate(const std::string& src) const {
     field_error(src, "checkpoints_total_limit", fmt::format("must be >= 1, got {}", *checkpoints_total_limit));
   }
   if (!(max_grad_norm >= 0) || !std::isfinite(max_grad_norm)) field_error(src, "max_grad_norm", "must be a finite number >= 0");
-  const auto in01 = [&](const char* key, double v, bool open_upper) {
-    if (!(v >= 0) || (open_upper ? !(v < 1) : !(v <= 1))) field_error(src, key, fmt::format("must be in [0, 1), got {}", v));
+  const auto in01 = [&](const char* key, double v) {
+    if (!(v >= 0 && v < 1)) field_error(src, key, fmt::format("must be in [0, 1), got {}", v));
   };
-  in01("adam_beta1", adamw.beta1, true);
-  in01("adam_beta2", adamw.beta2, true);
+  in01("adam_beta1", adamw.beta1);
+  in01("adam_beta2", adamw.beta2);
   if (!(adamw.eps > 0)) field_error(src, "adam_epsilon", "must be > 0");
   if (!(adamw.weight_decay >= 0)) field_error(src, "adam_weight_decay", "must be >= 0");
   if (frozen_dtype && *frozen_dtype != torch::kFloat32) {
@@ -343,12 +343,8 @@ Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(
     case TrainMethod::kLora: {
       lora_ = std::make_unique<Lora>(module, options_.lora);
       trainable_ = lora_->parameters();
-      if (options_.frozen_dtype) {  // the frozen base in half precision, norms in float32
-        torch::NoGradGuard no_grad;
-        for (const auto& item : params) {
-          if (item.key().find("norm") == std::string::npos) item.value().set_data(item.value().detach().to(*options_.frozen_dtype));
-        }
-      }
+      // The frozen base in half precision, norms in float32.
+      if (options_.frozen_dtype) store_frozen_weights(named_parameters(module), *options_.frozen_dtype);
       optimizer_ = std::make_unique<FusedOptimizer>(trainable_, opt);
       break;
     }
@@ -372,8 +368,9 @@ void Trainer::add_state(StatePart part) {
 }
 
 FusedOptimizer& Trainer::optimizer() { return lisa_ ? lisa_->optimizer() : *optimizer_; }
-int64_t Trainer::global_step() const { return lisa_ ? lisa_->optimizer().global_step() : optimizer_->global_step(); }
-double Trainer::current_lr() const { return lisa_ ? lisa_->optimizer().current_lr() : optimizer_->current_lr(); }
+const FusedOptimizer& Trainer::optimizer() const { return lisa_ ? lisa_->optimizer() : *optimizer_; }
+int64_t Trainer::global_step() const { return optimizer().global_step(); }
+double Trainer::current_lr() const { return optimizer().current_lr(); }
 
 int64_t Trainer::active_parameters() const {
   int64_t n = 0;
@@ -401,24 +398,11 @@ void Trainer::read_model(const fs::path& dir) {
   }
   const fs::path file = dir / model_.name / kWeightsName;
   if (!fs::exists(file)) throw Error(file.string(), "the checkpoint has no weights for " + model_.name);
-  io::SafetensorsReader reader(file);
-  std::vector<std::string> missing, mismatched;
-  for (const auto& [name, p] : trainable_) {
-    if (!reader.contains(name)) {
-      missing.push_back(name);
-    } else if (reader.entry(name).shape != p.sizes().vec()) {
-      mismatched.push_back(name);
-    }
-  }
-  if (!missing.empty() || !mismatched.empty() || reader.size() != trainable_.size()) {
-    throw Error(file.string(), fmt::format("does not fit this model: {} missing, {} of another shape, {} tensors "
-                                           "in the file for {} parameters{}{}",
-                                           missing.size(), mismatched.size(), reader.size(), trainable_.size(),
-                                           missing.empty() ? "" : "; first missing: " + missing.front(),
-                                           mismatched.empty() ? "" : "; first mis-shaped: " + mismatched.front()));
-  }
-  torch::NoGradGuard no_grad;
-  for (auto& [name, p] : trainable_) p.copy_(reader.tensor(name));  // into the tensor's dtype (exact for frozen ones)
+  // Into each tensor's current dtype (exact for frozen half-precision ones: they were
+  // rounded before they were saved).
+  models::LoadOptions options;
+  options.convert_module = false;
+  models::load_parameters(*model_.module, {file}, options);
 }
 
 nlohmann::json Trainer::training_state() const {
@@ -502,7 +486,7 @@ void Trainer::load_checkpoint(const fs::path& dir) {
     // float32 values land in tensors of the dtype they had when saved.
     if (lisa_) {
       try {
-        lisa_->load_state(nlohmann::json::parse(state.at("lisa").dump()));
+        lisa_->load_state(nlohmann::json(state.at("lisa")));
       } catch (const Error& e) {
         throw Error(state_file.string(), e.problem());
       }
@@ -515,7 +499,7 @@ void Trainer::load_checkpoint(const fs::path& dir) {
     for (const auto& p : parts_) {
       if (p.load_json) {
         if (!parts.contains(p.name)) throw Error(state_file.string(), "has no state for '" + p.name + "'");
-        p.load_json(nlohmann::json::parse(parts.at(p.name).dump()));
+        p.load_json(nlohmann::json(parts.at(p.name)));
       }
       if (p.load_files) p.load_files(dir);
     }
@@ -582,11 +566,12 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
 
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     const double loss = loss_sum / n;
+    const int64_t active = active_parameters();
     nlohmann::ordered_json fields;
     fields["loss"] = loss;
     fields["lr"] = opt.current_lr();  // the lr of the next update, as the scripts log get_last_lr()
     fields["grad_norm"] = opt.last_grad_norm();
-    fields["active_parameters"] = active_parameters();
+    fields["active_parameters"] = active;
     fields["step_time"] = seconds;
     fields["peak_memory"] = PeakMemory::measure().bytes();
     if (options_.mixed_precision == MixedPrecision::kFp16) {
@@ -598,10 +583,10 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
     for (auto it = merged.begin(); it != merged.end(); ++it) fields[it.key()] = it.value();
     metrics_.log(done, fields);
     if (lisa_ && lisa_->sampler().draws() != draws_before) {
-      metrics_.event(done, "recall", {{"active_parameters", active_parameters()}, {"active_tensors", lisa_->active_names().size()}});
+      metrics_.event(done, "recall", {{"active_parameters", active}, {"active_tensors", lisa_->active_names().size()}});
     }
-    const double share = 100.0 * static_cast<double>(active_parameters()) /
-                         static_cast<double>(std::max<int64_t>(1, lisa_ ? lisa_->total_parameters() : active_parameters()));
+    const double share = 100.0 * static_cast<double>(active) /
+                         static_cast<double>(std::max<int64_t>(1, lisa_ ? lisa_->total_parameters() : active));
     progress.update(done, loss, fields["lr"].get<double>(), {{"active", fmt::format("{:.1f}%", share)}});
     if (done % options_.checkpointing_steps == 0) {
       progress.break_line();

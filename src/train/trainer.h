@@ -174,6 +174,7 @@ class Trainer {
   double current_lr() const;
   const TrainerOptions& options() const { return options_; }
   FusedOptimizer& optimizer();
+  const FusedOptimizer& optimizer() const;
   Lisa* lisa() { return lisa_.get(); }
   Lora* lora() { return lora_.get(); }
   EMA* ema() { return ema_.get(); }
