@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "config/config_checks.h"
+#include "core/error.h"
 
 namespace lisadiff::config {
 namespace {
@@ -117,6 +118,17 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
 
 SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path) {
   return read_config_file<SchedulerConfig>(path);
+}
+
+SchedulerConfig SchedulerConfig::from_json_as(const Json& json, const std::string& source,
+                                              const std::string& class_name) {
+  if (!is_known_class(class_name)) throw Error(source, "cannot read a scheduler config as unknown class '" + class_name + "'");
+  FieldReader reader(json, source);
+  return read_fields(defaults_for(class_name), reader, kVisit);
+}
+
+SchedulerConfig SchedulerConfig::from_file_as(const std::filesystem::path& path, const std::string& class_name) {
+  return from_json_as(read_json_file(path), path.string(), class_name);
 }
 
 void SchedulerConfig::validate(const std::string& source) const {

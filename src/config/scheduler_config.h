@@ -52,6 +52,12 @@ struct SchedulerConfig {
   static SchedulerConfig defaults_for(const std::string& class_name);
   static SchedulerConfig from_json(const Json& json, const std::string& source);
   static SchedulerConfig from_file(const std::filesystem::path& path);
+  // The file read as `class_name` (one lisadiff implements): keys the file lacks take that
+  // class's defaults, whatever its `_class_name` says, as diffusers' <Class>.from_config does
+  // (e.g. SD1.5's PNDMScheduler file read as EulerDiscreteScheduler gets timestep_spacing
+  // "linspace").
+  static SchedulerConfig from_json_as(const Json& json, const std::string& source, const std::string& class_name);
+  static SchedulerConfig from_file_as(const std::filesystem::path& path, const std::string& class_name);
   static bool is_known_class(const std::string& class_name);
   void validate(const std::string& source) const;
   // The keys `class_name`'s constructor takes, as diffusers writes them.

@@ -53,6 +53,16 @@ torch::Tensor betas_of(const config::SchedulerConfig& c) {
   return betas;
 }
 
+torch::Tensor alphas_cumprod_of(const config::SchedulerConfig& config) {
+  return torch::cumprod(1.0 - betas_of(config), 0);
+}
+
+fs::path scheduler_config_file(const fs::path& dir) {
+  if (fs::exists(dir / "scheduler_config.json")) return dir / "scheduler_config.json";
+  if (fs::exists(dir / "scheduler" / "scheduler_config.json")) return dir / "scheduler" / "scheduler_config.json";
+  throw Error(dir.string(), "has no scheduler_config.json (nor scheduler/scheduler_config.json)");
+}
+
 DDPMNoiseSchedule::DDPMNoiseSchedule(config::SchedulerConfig config, const std::string& source) : config_(std::move(config)) {
   config_.validate(source);
   betas_ = betas_of(config_);
@@ -61,9 +71,7 @@ DDPMNoiseSchedule::DDPMNoiseSchedule(config::SchedulerConfig config, const std::
 }
 
 DDPMNoiseSchedule DDPMNoiseSchedule::from_pretrained(const fs::path& dir) {
-  fs::path file = dir / "scheduler_config.json";
-  if (!fs::exists(file) && fs::exists(dir / "scheduler" / "scheduler_config.json")) file = dir / "scheduler" / "scheduler_config.json";
-  if (!fs::exists(file)) throw Error(dir.string(), "has no scheduler_config.json (nor scheduler/scheduler_config.json)");
+  const fs::path file = scheduler_config_file(dir);
   return DDPMNoiseSchedule(config::SchedulerConfig::from_file(file), file.string());
 }
 

@@ -25,6 +25,11 @@ torch::Tensor rescale_zero_terminal_snr(const torch::Tensor& betas);
 // The betas of a validated config (trained_betas, or the beta_schedule), rescaled when
 // rescale_betas_zero_snr is set.
 torch::Tensor betas_of(const config::SchedulerConfig& config);
+// The float32 cumulative product of 1 - betas_of(config).
+torch::Tensor alphas_cumprod_of(const config::SchedulerConfig& config);
+// <dir>/scheduler_config.json, or <dir>/scheduler/scheduler_config.json for a pipeline
+// folder; throws lisadiff::Error naming `dir` when neither exists.
+std::filesystem::path scheduler_config_file(const std::filesystem::path& dir);
 
 class DDPMNoiseSchedule {
  public:
