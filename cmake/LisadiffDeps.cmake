@@ -28,8 +28,17 @@ target_include_directories(lisadiff_utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIRS})
 target_link_libraries(lisadiff_utf8proc INTERFACE ${UTF8PROC_LINK_LIBRARIES})
 
 # stb (header-only as lisadiff uses it): each implementation is compiled, with its functions
-# static, into the one source that needs it, e.g. src/tools/raster.cpp for stb_image_write.
+# static, into the one source that needs it: src/data/image.cpp (stb_image, stb_image_write).
 find_path(LISADIFF_STB_INCLUDE stb/stb_image_write.h)
 if(NOT LISADIFF_STB_INCLUDE)
   message(FATAL_ERROR "stb headers (stb/stb_image_write.h) not found: run scripts/setup.sh (Debian libstb-dev)")
 endif()
+
+# Image codecs and tar shards for the data pipeline (src/data/): libjpeg-turbo decodes JPEG
+# with the settings PIL uses (so pixels match the Python scripts), libwebp decodes WebP,
+# libarchive reads and writes webdataset tar shards (stb handles PNG and the rest).
+# Imported without pkg-config's Cflags for the same reason as utf8proc above.
+pkg_check_modules(LISADIFF_CODECS REQUIRED libarchive libjpeg libwebp)
+add_library(lisadiff_codecs INTERFACE IMPORTED)
+target_include_directories(lisadiff_codecs INTERFACE ${LISADIFF_CODECS_INCLUDE_DIRS})
+target_link_libraries(lisadiff_codecs INTERFACE ${LISADIFF_CODECS_LINK_LIBRARIES})

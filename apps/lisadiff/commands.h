@@ -13,5 +13,6 @@ using CommandRunner = std::function<int()>;
 CommandRunner add_inspect(CLI::App& app);
 CommandRunner add_init_pipeline(CLI::App& app);
 CommandRunner add_plot(CLI::App& app);
+CommandRunner add_make_dataset(CLI::App& app);
 
 }  // namespace lisadiff::cli

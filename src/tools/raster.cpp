@@ -4,13 +4,8 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "data/image.h"
 #include "io/atomic_file.h"
-
-// STATIC: the writer's functions stay private to this file, so another translation unit
-// that also compiles stb_image_write's implementation cannot clash with this one.
-#define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#include <stb/stb_image_write.h>
 
 namespace lisadiff::tools {
 namespace {
@@ -65,10 +60,6 @@ PixelRect intersect(const PixelRect& a, const PixelRect& b) {
   if (r.right < r.left) r.right = r.left;
   if (r.bottom < r.top) r.bottom = r.top;
   return r;
-}
-
-void append_bytes(void* context, void* data, int size) {
-  static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<std::size_t>(size));
 }
 
 }  // namespace
@@ -190,11 +181,7 @@ int text_width(std::string_view text, int scale) {
 }
 
 std::string encode_png(const Canvas& canvas) {
-  std::string png;
-  const int ok = stbi_write_png_to_func(append_bytes, &png, canvas.width(), canvas.height(), /*comp=*/3,
-                                        canvas.rgb().data(), /*stride_bytes=*/canvas.width() * 3);
-  if (!ok) throw Error("PNG encoding failed (stb_image_write)");
-  return png;
+  return data::encode_png(canvas.rgb().data(), canvas.width(), canvas.height());
 }
 
 void write_png(const Canvas& canvas, const std::filesystem::path& path) {

@@ -1,0 +1,271 @@
+#include "data/image.h"
+
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include <jpeglib.h>
+#include <webp/decode.h>
+
+#include "core/error.h"
+
+// stb's implementations live here, with static linkage so that nothing else can clash.
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_NO_HDR
+#define STBI_NO_LINEAR
+#define STBI_NO_PSD
+#define STBI_NO_PIC
+#define STBI_NO_JPEG  // libjpeg-turbo decodes JPEG (PIL's pixels)
+#include <stb/stb_image.h>
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb/stb_image_write.h>
+
+namespace lisadiff::data {
+namespace {
+
+bool starts_with(std::string_view bytes, std::string_view magic, std::size_t at = 0) {
+  return bytes.size() >= at + magic.size() && bytes.substr(at, magic.size()) == magic;
+}
+
+torch::Tensor rgb_tensor(int width, int height) {
+  return torch::empty({height, width, 3}, torch::kUInt8);
+}
+
+// libjpeg reports fatal errors through error_exit, which must not return: jump back to the
+// decoder with the message.
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX] = {0};
+};
+
+void jpeg_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+// Warnings (e.g. "premature end of data") count as corruption: PIL raises on a truncated
+// JPEG unless LOAD_TRUNCATED_IMAGES is set, which the scripts never set.
+void jpeg_emit_message(j_common_ptr cinfo, int level) {
+  if (level < 0) jpeg_error_exit(cinfo);
+}
+
+// The two phases of a JPEG decode. Each returns false after a libjpeg error; neither holds
+// an object with a destructor across the setjmp, so the longjmp skips nothing.
+struct JpegDecoder {
+  jpeg_decompress_struct cinfo{};
+  JpegError err;
+  bool created = false;
+  ~JpegDecoder() {
+    if (created) jpeg_destroy_decompress(&cinfo);
+  }
+};
+
+bool jpeg_read_header_or_fail(JpegDecoder& d, std::string_view bytes) {
+  d.cinfo.err = jpeg_std_error(&d.err.mgr);
+  d.err.mgr.error_exit = jpeg_error_exit;
+  d.err.mgr.emit_message = jpeg_emit_message;
+  if (setjmp(d.err.jump)) return false;
+  jpeg_create_decompress(&d.cinfo);
+  d.created = true;
+  jpeg_mem_src(&d.cinfo, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  jpeg_read_header(&d.cinfo, TRUE);
+  return true;
+}
+
+bool jpeg_decode_or_fail(JpegDecoder& d, std::uint8_t* base) {
+  if (setjmp(d.err.jump)) return false;
+  const std::size_t stride = static_cast<std::size_t>(d.cinfo.output_width) * 3;
+  while (d.cinfo.output_scanline < d.cinfo.output_height) {
+    JSAMPROW row = base + stride * d.cinfo.output_scanline;
+    jpeg_read_scanlines(&d.cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&d.cinfo);
+  return true;
+}
+
+bool jpeg_start_or_fail(JpegDecoder& d) {
+  if (setjmp(d.err.jump)) return false;
+  // PIL's decoder settings: the library defaults (JDCT_ISLOW, fancy upsampling) with RGB
+  // output (grayscale is replicated, as convert("RGB")).
+  d.cinfo.out_color_space = JCS_RGB;
+  jpeg_start_decompress(&d.cinfo);
+  return true;
+}
+
+torch::Tensor decode_jpeg(std::string_view bytes, const std::string& what) {
+  JpegDecoder d;
+  const auto fail = [&] { return Error(what + ": corrupt or truncated JPEG (" + d.err.message + ")"); };
+  if (!jpeg_read_header_or_fail(d, bytes)) throw fail();
+  if (d.cinfo.jpeg_color_space == JCS_CMYK || d.cinfo.jpeg_color_space == JCS_YCCK) {
+    throw Error(what + ": CMYK/YCCK JPEGs are not supported (convert the image to RGB)");
+  }
+  if (!jpeg_start_or_fail(d)) throw fail();
+  auto out = rgb_tensor(static_cast<int>(d.cinfo.output_width), static_cast<int>(d.cinfo.output_height));
+  if (!jpeg_decode_or_fail(d, out.data_ptr<std::uint8_t>())) throw fail();
+  return out;
+}
+
+torch::Tensor decode_webp(std::string_view bytes, const std::string& what) {
+  int width = 0, height = 0;
+  const auto* data = reinterpret_cast<const std::uint8_t*>(bytes.data());
+  if (!WebPGetInfo(data, bytes.size(), &width, &height)) throw Error(what + ": corrupt or truncated WebP");
+  auto out = rgb_tensor(width, height);
+  const auto size = static_cast<std::size_t>(out.numel());
+  if (!WebPDecodeRGBInto(data, bytes.size(), out.data_ptr<std::uint8_t>(), size, width * 3)) {
+    throw Error(what + ": corrupt or truncated WebP");
+  }
+  return out;
+}
+
+torch::Tensor decode_stb(std::string_view bytes, ImageFormat format, const std::string& what) {
+  // stb reads past the end of a truncated BMP as zeros; the header's file size tells.
+  if (format == ImageFormat::kBmp && bytes.size() >= 6) {
+    const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+    const std::uint32_t declared = b[2] | (b[3] << 8) | (b[4] << 16) | (static_cast<std::uint32_t>(b[5]) << 24);
+    if (declared > bytes.size()) {
+      throw Error(what + ": corrupt or truncated BMP (" + std::to_string(bytes.size()) + " of " +
+                  std::to_string(declared) + " bytes)");
+    }
+  }
+  int width = 0, height = 0, channels = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
+      stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                            &height, &channels, 3),
+      stbi_image_free);
+  if (!pixels) {
+    throw Error(what + ": corrupt or truncated " + format_name(format) + " (" + stbi_failure_reason() + ")");
+  }
+  auto out = rgb_tensor(width, height);
+  std::memcpy(out.data_ptr<std::uint8_t>(), pixels.get(), static_cast<std::size_t>(out.numel()));
+  return out;
+}
+
+void append_bytes(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<std::size_t>(size));
+}
+
+void check_encodable(const std::uint8_t* rgb, int width, int height) {
+  if (rgb == nullptr || width <= 0 || height <= 0) throw Error("image encoding: empty image");
+}
+
+const torch::Tensor& check_hwc(const torch::Tensor& image) {
+  if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != torch::kUInt8 || !image.is_contiguous() ||
+      !image.device().is_cpu()) {
+    throw Error("image encoding: expected a contiguous CPU uint8 [H, W, 3] tensor");
+  }
+  return image;
+}
+
+}  // namespace
+
+ImageFormat sniff_image_format(std::string_view bytes) {
+  if (starts_with(bytes, "\xFF\xD8\xFF")) return ImageFormat::kJpeg;
+  if (starts_with(bytes, "\x89PNG\r\n\x1A\n")) return ImageFormat::kPng;
+  if (starts_with(bytes, "RIFF") && starts_with(bytes, "WEBP", 8)) return ImageFormat::kWebp;
+  if (starts_with(bytes, "BM")) return ImageFormat::kBmp;
+  if (starts_with(bytes, "GIF87a") || starts_with(bytes, "GIF89a")) return ImageFormat::kGif;
+  return ImageFormat::kUnknown;
+}
+
+const char* format_name(ImageFormat format) {
+  switch (format) {
+    case ImageFormat::kJpeg: return "JPEG";
+    case ImageFormat::kPng: return "PNG";
+    case ImageFormat::kWebp: return "WebP";
+    case ImageFormat::kBmp: return "BMP";
+    case ImageFormat::kGif: return "GIF";
+    case ImageFormat::kUnknown: break;
+  }
+  return "unknown format";
+}
+
+torch::Tensor decode_image(std::string_view bytes, const std::string& what) {
+  if (bytes.empty()) throw Error(what + ": empty image file");
+  const auto format = sniff_image_format(bytes);
+  switch (format) {
+    case ImageFormat::kJpeg: return decode_jpeg(bytes, what);
+    case ImageFormat::kWebp: return decode_webp(bytes, what);
+    case ImageFormat::kPng:
+    case ImageFormat::kBmp:
+    case ImageFormat::kGif: return decode_stb(bytes, format, what);
+    case ImageFormat::kUnknown: break;
+  }
+  throw Error(what + ": not an image lisadiff can decode (JPEG, PNG, WebP, BMP or GIF expected; " +
+              std::to_string(bytes.size()) + " bytes)");
+}
+
+std::pair<int, int> image_size(std::string_view bytes, const std::string& what) {
+  const auto format = sniff_image_format(bytes);
+  if (format == ImageFormat::kPng || format == ImageFormat::kBmp || format == ImageFormat::kGif) {
+    int width = 0, height = 0, channels = 0;
+    if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                              &height, &channels)) {
+      return {width, height};
+    }
+  }
+  const auto image = decode_image(bytes, what);
+  return {static_cast<int>(image.size(1)), static_cast<int>(image.size(0))};
+}
+
+std::string encode_png(const std::uint8_t* rgb, int width, int height) {
+  check_encodable(rgb, width, height);
+  std::string png;
+  if (!stbi_write_png_to_func(append_bytes, &png, width, height, 3, rgb, width * 3)) {
+    throw Error("PNG encoding failed (stb_image_write)");
+  }
+  return png;
+}
+
+std::string encode_jpeg(const std::uint8_t* rgb, int width, int height, int quality) {
+  check_encodable(rgb, width, height);
+  if (quality < 1 || quality > 100) throw Error("JPEG quality must be in [1, 100], got " + std::to_string(quality));
+  jpeg_compress_struct cinfo{};
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_error_exit;
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_compress(&cinfo);
+    std::free(buffer);
+    throw Error(std::string("JPEG encoding failed (") + err.message + ")");
+  }
+  jpeg_create_compress(&cinfo);
+  jpeg_mem_dest(&cinfo, &buffer, &size);
+  cinfo.image_width = static_cast<JDIMENSION>(width);
+  cinfo.image_height = static_cast<JDIMENSION>(height);
+  cinfo.input_components = 3;
+  cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, quality, TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  const std::size_t stride = static_cast<std::size_t>(width) * 3;
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW row = const_cast<std::uint8_t*>(rgb) + stride * cinfo.next_scanline;
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  std::string out(reinterpret_cast<const char*>(buffer), size);
+  std::free(buffer);
+  return out;
+}
+
+std::string encode_png(const torch::Tensor& hwc_uint8) {
+  const auto& image = check_hwc(hwc_uint8);
+  return encode_png(image.data_ptr<std::uint8_t>(), static_cast<int>(image.size(1)), static_cast<int>(image.size(0)));
+}
+
+std::string encode_jpeg(const torch::Tensor& hwc_uint8, int quality) {
+  const auto& image = check_hwc(hwc_uint8);
+  return encode_jpeg(image.data_ptr<std::uint8_t>(), static_cast<int>(image.size(1)), static_cast<int>(image.size(0)),
+                     quality);
+}
+
+}  // namespace lisadiff::data

@@ -1,0 +1,225 @@
+#include "data/loader.h"
+
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "train/trainer.h"
+
+namespace lisadiff::data {
+
+nlohmann::json LoaderStats::to_json() const {
+  return {{"records", records}, {"examples", examples}, {"bad", bad},
+          {"filtered", filtered}, {"dropped", dropped}, {"epoch", epoch}};
+}
+
+DataLoader::DataLoader(DataOptions options, torch::Device device)
+    : options_(std::move(options)), device_(device), source_(make_source(options_)),
+      stream_seed_(mix_seed(options_.seed, 0xDA7Aull + static_cast<std::uint64_t>(options_.rank))),
+      window_(static_cast<std::int64_t>(options_.prefetch_batches) * options_.batch_size *
+              std::max(1, options_.num_workers)) {}
+
+DataLoader::~DataLoader() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  result_cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+std::pair<std::int64_t, DataLoader::Result> DataLoader::fetch_and_process() {
+  Record record;
+  std::int64_t index;
+  {
+    std::lock_guard<std::mutex> lock(source_mutex_);
+    index = fetched_.load();
+    if (!source_->next(record)) throw Error(source_->describe() + ": the data ran out");
+    fetched_ = index + 1;
+  }
+  Result r;
+  r.epoch = record.epoch;
+  r.last_in_epoch = record.last_in_epoch;
+  r.processed = process_record(record, options_, mix_seed(stream_seed_, static_cast<std::uint64_t>(index)));
+  return {index, std::move(r)};
+}
+
+void DataLoader::worker_loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      work_cv_.wait(lock, [&] { return stop_ || fatal_ || fetched_.load() < consumed_.load() + window_; });
+      if (stop_ || fatal_) return;
+    }
+    try {
+      auto [index, result] = fetch_and_process();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        results_.emplace(index, std::move(result));
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!fatal_) fatal_ = std::current_exception();
+    }
+    result_cv_.notify_all();
+  }
+}
+
+void DataLoader::start_workers() {
+  started_ = true;
+  for (int i = 0; i < options_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+DataLoader::Result DataLoader::take(std::int64_t index) {
+  if (options_.num_workers == 0) {
+    auto [got, result] = fetch_and_process();
+    (void)got;
+    consumed_ = index + 1;
+    return std::move(result);
+  }
+  std::unique_lock<std::mutex> lock(mutex_);
+  result_cv_.wait(lock, [&] { return fatal_ || results_.count(index) != 0; });
+  const auto it = results_.find(index);
+  if (it == results_.end()) std::rethrow_exception(fatal_);
+  Result r = std::move(it->second);
+  results_.erase(it);
+  consumed_ = index + 1;
+  lock.unlock();
+  work_cv_.notify_all();
+  return r;
+}
+
+void DataLoader::count_bad(const Result& r) {
+  ++stats_.bad;
+  const auto& ex = r.processed.example;
+  const auto seen = stats_.records;
+  spdlog::warn("data: skipping bad sample '{}' in {}: {} ({} bad of {} samples so far)", ex.key, ex.source,
+               r.processed.problem, stats_.bad, seen);
+  if (seen >= options_.min_samples_for_bad_share &&
+      static_cast<double>(stats_.bad) > options_.max_bad_share * static_cast<double>(seen)) {
+    throw Error("data: " + std::to_string(stats_.bad) + " of " + std::to_string(seen) +
+                " samples are bad, more than max_bad_share = " + std::to_string(options_.max_bad_share) + " (last: '" +
+                ex.key + "' in " + ex.source + ": " + r.processed.problem + ")");
+  }
+}
+
+Batch DataLoader::next() {
+  if (!started_) start_workers();
+  std::vector<Result> items;
+  while (true) {
+    Result r = take(stats_.records);
+    ++stats_.records;
+    stats_.epoch = r.epoch;
+    switch (r.processed.status) {
+      case Processed::Status::kOk:
+        ++good_in_epoch_;
+        items.push_back(std::move(r));
+        break;
+      case Processed::Status::kFiltered:
+        ++stats_.filtered;
+        spdlog::debug("data: '{}' in {} filtered out: {}", r.processed.example.key, r.processed.example.source,
+                      r.processed.problem);
+        break;
+      case Processed::Status::kBad: count_bad(r); break;
+    }
+    const bool epoch_end = r.last_in_epoch;
+    if (epoch_end) {
+      if (good_in_epoch_ == 0) {
+        throw Error("data: epoch " + std::to_string(r.epoch) + " of " + source_->describe() +
+                    " has no usable sample (" + std::to_string(stats_.bad) + " bad, " +
+                    std::to_string(stats_.filtered) + " filtered so far)");
+      }
+      good_in_epoch_ = 0;
+    }
+    const auto n = static_cast<std::int64_t>(items.size());
+    if (n == options_.batch_size || (epoch_end && n > 0)) {
+      if (n < options_.batch_size && options_.drop_last) {
+        stats_.dropped += n;
+        items.clear();
+        continue;
+      }
+      stats_.examples += n;
+      return collate(items, epoch_end);
+    }
+  }
+}
+
+Batch DataLoader::collate(std::vector<Result>& items, bool end_of_epoch) const {
+  Batch b;
+  b.epoch = items.back().epoch;
+  b.end_of_epoch = end_of_epoch;
+  const auto slots = items.front().processed.example.images.size();
+  std::vector<std::vector<torch::Tensor>> per_slot(slots);
+  std::vector<float> labels;
+  for (auto& item : items) {
+    auto& ex = item.processed.example;
+    b.keys.push_back(ex.key);
+    b.sources.push_back(ex.source);
+    b.texts.push_back(std::move(ex.text));
+    labels.push_back(static_cast<float>(ex.label));
+    for (std::size_t s = 0; s < slots; ++s) per_slot[s].push_back(std::move(ex.images[s]));
+  }
+  const bool cuda = device_.is_cuda();
+  for (auto& images : per_slot) {
+    auto stacked = torch::stack(images);
+    if (cuda) stacked = stacked.pin_memory().to(device_, /*non_blocking=*/true);
+    else if (device_ != stacked.device()) stacked = stacked.to(device_);
+    b.images.push_back(std::move(stacked));
+  }
+  b.labels = torch::tensor(labels, torch::kFloat32).to(device_);
+  return b;
+}
+
+nlohmann::json DataLoader::state() const {
+  auto s = stats_.to_json();
+  s["good_in_epoch"] = good_in_epoch_;
+  s["fingerprint"] = options_.fingerprint();
+  return s;
+}
+
+void DataLoader::load_state(const nlohmann::json& state) {
+  if (started_) throw Error("data loader: load_state must come before the first batch");
+  try {
+    if (state.at("fingerprint").get<std::string>() != options_.fingerprint()) {
+      spdlog::warn(
+          "data: the data settings differ from the checkpoint's (dataset, seed, shuffle, filters or processes); "
+          "the loader starts this data from its beginning");
+      return;
+    }
+    const auto records = state.at("records").get<std::int64_t>();
+    source_->skip(records);
+    fetched_ = records;
+    consumed_ = records;
+    stats_.records = records;
+    stats_.examples = state.at("examples").get<std::int64_t>();
+    stats_.bad = state.at("bad").get<std::int64_t>();
+    stats_.filtered = state.at("filtered").get<std::int64_t>();
+    stats_.dropped = state.at("dropped").get<std::int64_t>();
+    stats_.epoch = state.at("epoch").get<std::int64_t>();
+    good_in_epoch_ = state.at("good_in_epoch").get<std::int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("data loader state: malformed (") + e.what() + ")");
+  }
+}
+
+train::StatePart DataLoader::state_part() {
+  train::StatePart part;
+  part.name = "data_loader";
+  part.save_json = [this] { return state(); };
+  part.load_json = [this](const nlohmann::json& s) { load_state(s); };
+  return part;
+}
+
+std::int64_t DataLoader::batches_per_epoch() const {
+  const auto n = source_->epoch_size();
+  if (n < 0) return -1;
+  return options_.drop_last ? n / options_.batch_size : (n + options_.batch_size - 1) / options_.batch_size;
+}
+
+std::string DataLoader::describe() const {
+  return std::string(kind_name(options_.kind)) + " data from " + source_->describe() + "; " +
+         options_.transform.summary() + "; batch " + std::to_string(options_.batch_size) + ", " +
+         std::to_string(options_.num_workers) + " worker(s)";
+}
+
+}  // namespace lisadiff::data
