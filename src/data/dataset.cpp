@@ -164,6 +164,43 @@ void RecordSource::skip(std::int64_t n) {
   }
 }
 
+DataOptions DataOptions::for_recipe(ExampleKind kind) {
+  DataOptions o;
+  o.kind = kind;
+  auto& t = o.transform;
+  switch (kind) {
+    case ExampleKind::kT2i:
+      t.resolution = 512;
+      t.resize = ImageTransform::Resize::kShorterSide;
+      t.interpolation = Interpolation::kBilinear;
+      t.crop = ImageTransform::Crop::kRandom;
+      t.random_flip = false;
+      t.normalize = ImageTransform::Normalize::kMeanStd;
+      o.resample_shards = true;
+      o.drop_last = true;
+      break;
+    case ExampleKind::kIp2p:
+      t.resolution = 256;
+      t.resize = ImageTransform::Resize::kExact;
+      t.interpolation = Interpolation::kBicubic;
+      t.crop = ImageTransform::Crop::kCenter;
+      t.random_flip = false;
+      t.normalize = ImageTransform::Normalize::kIp2p;
+      o.shared_pair_draws = true;
+      break;
+    case ExampleKind::kDpo:
+      t.resolution = 512;
+      t.resize = ImageTransform::Resize::kShorterSide;
+      t.interpolation = Interpolation::kBilinear;
+      t.crop = ImageTransform::Crop::kCenter;
+      t.random_flip = true;
+      t.normalize = ImageTransform::Normalize::kMeanStd;
+      o.shared_pair_draws = false;
+      break;
+  }
+  return o;
+}
+
 void DataOptions::read(config::FieldReader& f) {
   f("train_data_dir", train_data_dir);
   f("train_shards_path_or_url", train_shards);
@@ -188,6 +225,9 @@ void DataOptions::read(config::FieldReader& f) {
   f("shuffle_buffer", buffer);
   shuffle_buffer = buffer;
   f("max_bad_share", max_bad_share);
+  int unusable = static_cast<int>(max_unusable_in_a_row);
+  f("max_unusable_in_a_row", unusable);
+  max_unusable_in_a_row = unusable;
   int min_size = static_cast<int>(filters.min_original_size);
   f("min_original_size", min_size);
   filters.min_original_size = min_size;
@@ -243,6 +283,7 @@ void DataOptions::validate(const std::string& source) const {
   if (shuffle_buffer < 1) bad("shuffle_buffer", "must be at least 1");
   if (!(max_bad_share >= 0 && max_bad_share <= 1)) bad("max_bad_share", "must be in [0, 1]");
   if (max_train_samples == 0 || max_train_samples < -1) bad("max_train_samples", "must be positive");
+  if (max_unusable_in_a_row < 1) bad("max_unusable_in_a_row", "must be at least 1");
   if (world_size < 1 || rank < 0 || rank >= world_size) bad("rank", "must be in [0, world_size)");
 }
 

@@ -91,8 +91,18 @@ struct DataOptions {
   SampleFilters filters;
   double max_bad_share = 0.05;  // error once more than this share of the samples seen is bad
   std::int64_t min_samples_for_bad_share = 20;
+  std::int64_t max_unusable_in_a_row = 10000;  // bad or filtered records in a row before an error
   int rank = 0, world_size = 1;
 
+  // The preprocessing and loader settings of each diffusers script (recipes.md 2.2, 3.2,
+  // 4.2), before a config's keys are read:
+  //   t2i (LCM): resolution 512, shorter side (bilinear) + random crop, no flip, mean/std
+  //              normalisation, shards resampled endlessly, incomplete batches dropped;
+  //   ip2p:      resolution 256, exact bicubic resize, center crop, no flip unless random_flip,
+  //              2 * (x / 255) - 1, one crop and flip for both images of a pair;
+  //   dpo:       resolution 512, shorter side (bilinear) + center crop, random flip, mean/std,
+  //              independent draws for the two images.
+  static DataOptions for_recipe(ExampleKind kind);
   // Reads the keys a recipe config uses (train_data_dir, train_shards_path_or_url,
   // resolution, center_crop / random_crop, random_flip / no_hflip, interpolation_type,
   // dataloader_num_workers, train_batch_size, seed, the column names, max_train_samples,

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include <jpeglib.h>
+// jerror.h after jpeglib.h: the message codes (JWRN_JPEG_EOF).
+#include <jerror.h>
 #include <webp/decode.h>
 
 #include "core/error.h"
@@ -31,6 +33,18 @@ bool starts_with(std::string_view bytes, std::string_view magic, std::size_t at 
   return bytes.size() >= at + magic.size() && bytes.substr(at, magic.size()) == magic;
 }
 
+// PIL's decompression-bomb limit (2 * Image.MAX_IMAGE_PIXELS): larger images are refused
+// before any pixel memory is allocated.
+constexpr std::int64_t kMaxPixels = 178'956'970;
+
+void check_dimensions(int width, int height, const std::string& what) {
+  if (width <= 0 || height <= 0) throw Error(what + ": image has no pixels (" + std::to_string(width) + "x" + std::to_string(height) + ")");
+  if (static_cast<std::int64_t>(width) * height > kMaxPixels) {
+    throw Error(what + ": " + std::to_string(width) + "x" + std::to_string(height) + " image exceeds " +
+                std::to_string(kMaxPixels) + " pixels (a decompression bomb, as PIL calls it)");
+  }
+}
+
 torch::Tensor rgb_tensor(int width, int height) {
   return torch::empty({height, width, 3}, torch::kUInt8);
 }
@@ -49,10 +63,11 @@ void jpeg_error_exit(j_common_ptr cinfo) {
   std::longjmp(err->jump, 1);
 }
 
-// Warnings (e.g. "premature end of data") count as corruption: PIL raises on a truncated
-// JPEG unless LOAD_TRUNCATED_IMAGES is set, which the scripts never set.
+// As PIL: a truncated file ("premature end of JPEG file") is an error (the scripts never set
+// LOAD_TRUNCATED_IMAGES), every other warning (e.g. extraneous bytes before a marker, common
+// in web JPEGs) is ignored and the image decodes.
 void jpeg_emit_message(j_common_ptr cinfo, int level) {
-  if (level < 0) jpeg_error_exit(cinfo);
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_error_exit(cinfo);
 }
 
 // The two phases of a JPEG decode. Each returns false after a libjpeg error; neither holds
@@ -105,6 +120,7 @@ torch::Tensor decode_jpeg(std::string_view bytes, const std::string& what) {
   if (d.cinfo.jpeg_color_space == JCS_CMYK || d.cinfo.jpeg_color_space == JCS_YCCK) {
     throw Error(what + ": CMYK/YCCK JPEGs are not supported (convert the image to RGB)");
   }
+  check_dimensions(static_cast<int>(d.cinfo.image_width), static_cast<int>(d.cinfo.image_height), what);
   if (!jpeg_start_or_fail(d)) throw fail();
   auto out = rgb_tensor(static_cast<int>(d.cinfo.output_width), static_cast<int>(d.cinfo.output_height));
   if (!jpeg_decode_or_fail(d, out.data_ptr<std::uint8_t>())) throw fail();
@@ -115,6 +131,7 @@ torch::Tensor decode_webp(std::string_view bytes, const std::string& what) {
   int width = 0, height = 0;
   const auto* data = reinterpret_cast<const std::uint8_t*>(bytes.data());
   if (!WebPGetInfo(data, bytes.size(), &width, &height)) throw Error(what + ": corrupt or truncated WebP");
+  check_dimensions(width, height, what);
   auto out = rgb_tensor(width, height);
   const auto size = static_cast<std::size_t>(out.numel());
   if (!WebPDecodeRGBInto(data, bytes.size(), out.data_ptr<std::uint8_t>(), size, width * 3)) {
@@ -134,6 +151,23 @@ torch::Tensor decode_stb(std::string_view bytes, ImageFormat format, const std::
     }
   }
   int width = 0, height = 0, channels = 0;
+  if (format == ImageFormat::kPng && bytes.size() >= 24) {
+    // IHDR's big-endian width and height, read directly: stb refuses huge sizes with a
+    // less helpful "too large".
+    const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+    const auto be32 = [&](std::size_t at) {
+      return (static_cast<std::uint32_t>(b[at]) << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3];
+    };
+    const std::uint32_t w = be32(16), h = be32(20);
+    if (w > 0 && h > 0 && static_cast<std::uint64_t>(w) * h > static_cast<std::uint64_t>(kMaxPixels)) {
+      throw Error(what + ": " + std::to_string(w) + "x" + std::to_string(h) + " image exceeds " +
+                  std::to_string(kMaxPixels) + " pixels (a decompression bomb, as PIL calls it)");
+    }
+  }
+  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                            &height, &channels)) {
+    check_dimensions(width, height, what);
+  }
   std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
       stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
                             &height, &channels, 3),
@@ -222,39 +256,55 @@ std::string encode_png(const std::uint8_t* rgb, int width, int height) {
   return png;
 }
 
+namespace {
+
+// The encoder's libjpeg state; as for decoding, the setjmp lives in a function that holds no
+// object with a destructor, and everything read after a longjmp is a member, not a register.
+struct JpegEncoder {
+  jpeg_compress_struct cinfo{};
+  JpegError err;
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  bool created = false;
+  ~JpegEncoder() {
+    if (created) jpeg_destroy_compress(&cinfo);
+    std::free(buffer);
+  }
+};
+
+bool jpeg_encode_or_fail(JpegEncoder& e, const std::uint8_t* rgb, int width, int height, int quality) {
+  e.cinfo.err = jpeg_std_error(&e.err.mgr);
+  e.err.mgr.error_exit = jpeg_error_exit;
+  if (setjmp(e.err.jump)) return false;
+  jpeg_create_compress(&e.cinfo);
+  e.created = true;
+  jpeg_mem_dest(&e.cinfo, &e.buffer, &e.size);
+  e.cinfo.image_width = static_cast<JDIMENSION>(width);
+  e.cinfo.image_height = static_cast<JDIMENSION>(height);
+  e.cinfo.input_components = 3;
+  e.cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&e.cinfo);
+  jpeg_set_quality(&e.cinfo, quality, TRUE);
+  jpeg_start_compress(&e.cinfo, TRUE);
+  const std::size_t stride = static_cast<std::size_t>(width) * 3;
+  while (e.cinfo.next_scanline < e.cinfo.image_height) {
+    JSAMPROW row = const_cast<std::uint8_t*>(rgb) + stride * e.cinfo.next_scanline;
+    jpeg_write_scanlines(&e.cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&e.cinfo);
+  return true;
+}
+
+}  // namespace
+
 std::string encode_jpeg(const std::uint8_t* rgb, int width, int height, int quality) {
   check_encodable(rgb, width, height);
   if (quality < 1 || quality > 100) throw Error("JPEG quality must be in [1, 100], got " + std::to_string(quality));
-  jpeg_compress_struct cinfo{};
-  JpegError err;
-  cinfo.err = jpeg_std_error(&err.mgr);
-  err.mgr.error_exit = jpeg_error_exit;
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;
-  if (setjmp(err.jump)) {
-    jpeg_destroy_compress(&cinfo);
-    std::free(buffer);
-    throw Error(std::string("JPEG encoding failed (") + err.message + ")");
+  JpegEncoder e;
+  if (!jpeg_encode_or_fail(e, rgb, width, height, quality)) {
+    throw Error(std::string("JPEG encoding failed (") + e.err.message + ")");
   }
-  jpeg_create_compress(&cinfo);
-  jpeg_mem_dest(&cinfo, &buffer, &size);
-  cinfo.image_width = static_cast<JDIMENSION>(width);
-  cinfo.image_height = static_cast<JDIMENSION>(height);
-  cinfo.input_components = 3;
-  cinfo.in_color_space = JCS_RGB;
-  jpeg_set_defaults(&cinfo);
-  jpeg_set_quality(&cinfo, quality, TRUE);
-  jpeg_start_compress(&cinfo, TRUE);
-  const std::size_t stride = static_cast<std::size_t>(width) * 3;
-  while (cinfo.next_scanline < cinfo.image_height) {
-    JSAMPROW row = const_cast<std::uint8_t*>(rgb) + stride * cinfo.next_scanline;
-    jpeg_write_scanlines(&cinfo, &row, 1);
-  }
-  jpeg_finish_compress(&cinfo);
-  jpeg_destroy_compress(&cinfo);
-  std::string out(reinterpret_cast<const char*>(buffer), size);
-  std::free(buffer);
-  return out;
+  return std::string(reinterpret_cast<const char*>(e.buffer), e.size);
 }
 
 std::string encode_png(const torch::Tensor& hwc_uint8) {

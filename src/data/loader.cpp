@@ -28,9 +28,8 @@ DataLoader::~DataLoader() {
   for (auto& t : workers_) t.join();
 }
 
-std::pair<std::int64_t, DataLoader::Result> DataLoader::fetch_and_process() {
+DataLoader::Result DataLoader::fetch_and_process(std::int64_t& index) {
   Record record;
-  std::int64_t index;
   {
     std::lock_guard<std::mutex> lock(source_mutex_);
     index = fetched_.load();
@@ -41,7 +40,7 @@ std::pair<std::int64_t, DataLoader::Result> DataLoader::fetch_and_process() {
   r.epoch = record.epoch;
   r.last_in_epoch = record.last_in_epoch;
   r.processed = process_record(record, options_, mix_seed(stream_seed_, static_cast<std::uint64_t>(index)));
-  return {index, std::move(r)};
+  return r;
 }
 
 void DataLoader::worker_loop() {
@@ -51,15 +50,17 @@ void DataLoader::worker_loop() {
       work_cv_.wait(lock, [&] { return stop_ || fatal_ || fetched_.load() < consumed_.load() + window_; });
       if (stop_ || fatal_) return;
     }
+    std::int64_t index = -1;
     try {
-      auto [index, result] = fetch_and_process();
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        results_.emplace(index, std::move(result));
-      }
+      auto result = fetch_and_process(index);
+      std::lock_guard<std::mutex> lock(mutex_);
+      results_.emplace(index, std::move(result));
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (!fatal_) fatal_ = std::current_exception();
+      if (!fatal_) {
+        fatal_ = std::current_exception();
+        fatal_index_ = index;
+      }
     }
     result_cv_.notify_all();
   }
@@ -72,13 +73,15 @@ void DataLoader::start_workers() {
 
 DataLoader::Result DataLoader::take(std::int64_t index) {
   if (options_.num_workers == 0) {
-    auto [got, result] = fetch_and_process();
-    (void)got;
+    std::int64_t got = -1;
+    auto result = fetch_and_process(got);
     consumed_ = index + 1;
-    return std::move(result);
+    return result;
   }
+  // A failure surfaces only when the stream reaches it: records before it are still handed
+  // out, as they would be without workers.
   std::unique_lock<std::mutex> lock(mutex_);
-  result_cv_.wait(lock, [&] { return fatal_ || results_.count(index) != 0; });
+  result_cv_.wait(lock, [&] { return results_.count(index) != 0 || (fatal_ && fatal_index_ <= index); });
   const auto it = results_.find(index);
   if (it == results_.end()) std::rethrow_exception(fatal_);
   Result r = std::move(it->second);
@@ -121,6 +124,15 @@ Batch DataLoader::next() {
                       r.processed.problem);
         break;
       case Processed::Status::kBad: count_bad(r); break;
+    }
+    if (r.processed.status == Processed::Status::kOk) {
+      unusable_in_a_row_ = 0;
+    } else if (++unusable_in_a_row_ > options_.max_unusable_in_a_row) {
+      // Endless (resampled) streams have no epoch end to check; this bounds them.
+      throw Error("data: " + std::to_string(unusable_in_a_row_) + " samples in a row from " + source_->describe() +
+                  " were bad or filtered out (" + std::to_string(stats_.bad) + " bad, " +
+                  std::to_string(stats_.filtered) + " filtered so far; last: '" + r.processed.example.key + "': " +
+                  r.processed.problem + ")");
     }
     const bool epoch_end = r.last_in_epoch;
     if (epoch_end) {

@@ -89,7 +89,9 @@ class DataLoader {
   void start_workers();
   void worker_loop();
   // Reads the next record from the source and processes it; returns its stream index.
-  std::pair<std::int64_t, Result> fetch_and_process();
+  // `index` is set to the record's stream index before the source is read, so that a failure
+  // can be placed in the stream.
+  Result fetch_and_process(std::int64_t& index);
   Result take(std::int64_t index);
   void count_bad(const Result& r);
   Batch collate(std::vector<Result>& items, bool end_of_epoch) const;
@@ -110,10 +112,12 @@ class DataLoader {
   std::atomic<std::int64_t> consumed_{0};
   bool stop_ = false;
   std::exception_ptr fatal_;
+  std::int64_t fatal_index_ = 0;  // the stream index whose fetch or processing failed
   std::vector<std::thread> workers_;
 
   LoaderStats stats_;
   std::int64_t good_in_epoch_ = 0;
+  std::int64_t unusable_in_a_row_ = 0;  // bad or filtered records since the last usable one
 };
 
 }  // namespace lisadiff::data

@@ -15,6 +15,9 @@
 namespace lisadiff::data {
 namespace {
 
+// No member of a sample may be larger (an image of PIL's maximum size is well below this).
+constexpr la_int64_t kMaxMemberBytes = la_int64_t{1} << 30;
+
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
@@ -113,9 +116,12 @@ FolderSource::FolderSource(const DataOptions& options)
       row.values = nlohmann::json::object();
       for (auto it = object.begin(); it != object.end(); ++it) {
         const auto& k = it.key();
-        const std::string suffix = "file_name";
-        if (k.size() >= suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0) {
-          const auto column = k == suffix ? std::string("image") : k.substr(0, k.size() - suffix.size() - 1);
+        // `file_name`, or `<column>_file_name`, as the datasets library reads imagefolders.
+        const std::string suffix = "_file_name";
+        const bool image_key = k == "file_name" || (k.size() > suffix.size() &&
+                                                    k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0);
+        if (image_key) {
+          const auto column = k == "file_name" ? std::string("image") : k.substr(0, k.size() - suffix.size());
           if (!it->is_string() || it->get<std::string>().empty()) {
             row.problem = "'" + k + "' is not a file name";
             break;
@@ -127,7 +133,7 @@ FolderSource::FolderSource(const DataOptions& options)
           row.values[k] = *it;
         }
       }
-      if (row.problem.empty() && row.files.empty()) row.problem = "no *file_name column";
+      if (row.problem.empty() && row.files.empty()) row.problem = "no file_name or <column>_file_name key";
       if (!row.files.empty()) row.key += " (line " + std::to_string(number) + ")";
     }
     rows_.push_back(std::move(row));
@@ -222,7 +228,8 @@ void TarSamples::close() {
     const int status = ::pclose(pipe_);
     pipe_ = nullptr;
     if (status != 0 && error_.empty()) {
-      spdlog::warn("{}: the command exited with status {}", shard_, WIFEXITED(status) ? WEXITSTATUS(status) : status);
+      if (WIFSIGNALED(status)) spdlog::warn("{}: the command was killed by signal {}", shard_, WTERMSIG(status));
+      else spdlog::warn("{}: the command exited with status {}", shard_, WIFEXITED(status) ? WEXITSTATUS(status) : status);
     }
   }
 }
@@ -230,6 +237,16 @@ void TarSamples::close() {
 // Reads the next regular member with a "<key>.<field>" name into member_*; false at the
 // end or on an error (error_ set).
 bool TarSamples::read_member() {
+  try {
+    return read_member_unguarded();
+  } catch (const std::exception& e) {  // e.g. std::bad_alloc: the shard ends as unreadable
+    error_ = e.what();
+    done_ = true;
+    return false;
+  }
+}
+
+bool TarSamples::read_member_unguarded() {
   while (!done_) {
     archive_entry* entry = nullptr;
     const int rc = archive_read_next_header(archive_, &entry);
@@ -247,12 +264,22 @@ bool TarSamples::read_member() {
     const auto slash = name.rfind('/');
     const auto dot = name.find('.', slash == std::string::npos ? 0 : slash + 1);
     const auto base_start = slash == std::string::npos ? 0 : slash + 1;
-    if (dot == std::string::npos || dot == base_start || name.compare(base_start, 2, "__") == 0) continue;
+    if (dot == std::string::npos || dot == base_start) continue;
+    // webdataset's meta members (__key__, __url__, ...) are not samples.
+    if (dot - base_start >= 4 && name.compare(base_start, 2, "__") == 0 && name.compare(dot - 2, 2, "__") == 0) continue;
     member_key_ = name.substr(0, dot);
     member_field_ = lower(name.substr(dot + 1));
     member_data_.clear();
     const auto size = archive_entry_size_is_set(entry) ? archive_entry_size(entry) : 0;
-    member_data_.reserve(static_cast<std::size_t>(std::max<la_int64_t>(size, 0)));
+    if (size > kMaxMemberBytes) {
+      // A corrupt header or an absurd member: end this shard as unreadable rather than
+      // allocating what the header claims.
+      error_ = "member " + name + " claims " + std::to_string(size) + " bytes (more than the " +
+               std::to_string(kMaxMemberBytes >> 20) + " MiB a sample member may have)";
+      done_ = true;
+      return false;
+    }
+    member_data_.reserve(static_cast<std::size_t>(std::clamp<la_int64_t>(size, 0, 64 << 20)));
     char chunk[1 << 16];
     while (true) {
       const auto n = archive_read_data(archive_, chunk, sizeof(chunk));
@@ -260,6 +287,11 @@ bool TarSamples::read_member() {
       if (n < 0) {
         error_ = archive_error_string(archive_) ? archive_error_string(archive_) : "unreadable member";
         error_ += " (in member " + name + ")";
+        done_ = true;
+        return false;
+      }
+      if (static_cast<la_int64_t>(member_data_.size()) + n > kMaxMemberBytes) {
+        error_ = "member " + name + " is larger than " + std::to_string(kMaxMemberBytes >> 20) + " MiB";
         done_ = true;
         return false;
       }
@@ -273,14 +305,13 @@ bool TarSamples::read_member() {
 bool TarSamples::next(Record& record) {
   if (!have_member_) have_member_ = read_member();
   if (!have_member_) {
-    if (!error_.empty() && !shard_.empty()) {
+    if (!error_.empty()) {
       // Report the failure once, as a bad record.
       record = Record{};
       record.key = "(end of shard)";
       record.source = shard_;
       record.problem = "truncated or unreadable tar: " + error_;
       error_.clear();
-      shard_.clear();
       close();
       return true;
     }

@@ -65,7 +65,8 @@ class TarSamples {
   bool next(Record& record);
 
  private:
-  bool read_member();
+  bool read_member();  // read_member_unguarded, with any exception turned into error_
+  bool read_member_unguarded();
   void close();
 
   std::string shard_;

@@ -135,6 +135,15 @@ std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
 
 torch::Tensor ImageTransform::operator()(const torch::Tensor& hwc_uint8, TransformDraws& draws) const {
   if (hwc_uint8.dim() != 3 || hwc_uint8.size(2) != 3) throw Error("image transform: expected an [H, W, 3] image");
+  if (resize == Resize::kShorterSide) {
+    // A very long, thin image would resize to a huge one (1 x 20000 -> 512 x 10,240,000).
+    const auto [h, w] = shorter_side_size(hwc_uint8.size(0), hwc_uint8.size(1), resolution);
+    if (h * w > 64 * resolution * resolution) {
+      throw Error("image transform: a " + std::to_string(hwc_uint8.size(1)) + "x" + std::to_string(hwc_uint8.size(0)) +
+                  " image has too extreme an aspect ratio (its resize would hold " + std::to_string(h * w) +
+                  " pixels, more than 64 x resolution^2)");
+    }
+  }
   auto x = hwc_uint8.permute({2, 0, 1});
   x = resize == Resize::kExact ? data::resize(x, resolution, resolution, interpolation)
                                : resize_shorter_side(x, resolution, interpolation);

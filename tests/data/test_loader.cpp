@@ -305,17 +305,26 @@ TEST(DataLoader, PipeShardsFiltersAndDistributedSplits) {
     DataLoader none(f);
     EXPECT_THROW_WITH(none.next(), "no usable sample");
   }
+  // Resampled shards are endless: a stream where nothing passes ends in an error, not a hang.
+  {
+    auto endless = f;
+    endless.resample_shards = true;
+    endless.max_unusable_in_a_row = 50;
+    DataLoader none(endless);
+    EXPECT_THROW_WITH(none.next(), "51 samples in a row", "bad or filtered out", "51 filtered");
+  }
   // Two processes split a folder's epoch; together they see every example once.
   const auto folder = make(tmp, "t2i", "folder", 7);
   auto r = options_for("t2i", folder, "folder");
+  r.batch_size = 3;
   std::set<std::string> seen;
   std::int64_t total = 0;
   for (int rank = 0; rank < 2; ++rank) {
     r.rank = rank;
     r.world_size = 2;
     DataLoader loader(r);
-    EXPECT_EQ(loader.batches_per_epoch(), rank == 0 ? 2 : 2);
-    for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(loader.batches_per_epoch(), rank == 0 ? 2 : 1);  // 4 and 3 examples
+    for (int i = 0; i < (rank == 0 ? 2 : 1); ++i) {
       const auto b = loader.next();
       total += b.size();
       for (const auto& k : b.keys) seen.insert(k);
@@ -374,6 +383,79 @@ TEST(DataOptions, ConfigKeysAndErrors) {
   DataOptions no_shards;
   no_shards.train_shards = "/nonexistent/{000..003}.tar";
   EXPECT_THROW_WITH(DataLoader{no_shards}, "none of the 4 shards exists", "/nonexistent/000.tar");
+}
+
+TEST(DataOptions, RecipePresetsFollowTheScripts) {
+  const auto lcm = DataOptions::for_recipe(ExampleKind::kT2i);
+  EXPECT_EQ(lcm.transform.resolution, 512);
+  EXPECT_EQ(lcm.transform.resize, ImageTransform::Resize::kShorterSide);
+  EXPECT_EQ(lcm.transform.crop, ImageTransform::Crop::kRandom);
+  EXPECT_FALSE(lcm.transform.random_flip);
+  EXPECT_TRUE(lcm.resample_shards);
+  EXPECT_TRUE(lcm.drop_last);
+  const auto ip2p = DataOptions::for_recipe(ExampleKind::kIp2p);
+  EXPECT_EQ(ip2p.transform.resolution, 256);
+  EXPECT_EQ(ip2p.transform.resize, ImageTransform::Resize::kExact);
+  EXPECT_EQ(ip2p.transform.interpolation, Interpolation::kBicubic);
+  EXPECT_EQ(ip2p.transform.normalize, ImageTransform::Normalize::kIp2p);
+  EXPECT_TRUE(ip2p.shared_pair_draws);
+  const auto dpo = DataOptions::for_recipe(ExampleKind::kDpo);
+  EXPECT_EQ(dpo.transform.crop, ImageTransform::Crop::kCenter);
+  EXPECT_TRUE(dpo.transform.random_flip);
+  EXPECT_EQ(dpo.transform.interpolation, Interpolation::kBilinear);
+  EXPECT_FALSE(dpo.drop_last);
+}
+
+TEST(DataLoader, IpPairsShareTheirFlipAndDpoImagesDrawIndependently) {
+  testing::TempDir tmp;
+  // ip2p with a flip: the edited image must be flipped exactly when the original is.
+  const auto ip = make(tmp, "ip2p", "folder", 12);
+  auto o = DataOptions::for_recipe(ExampleKind::kIp2p);
+  o.train_data_dir = ip.string();
+  o.transform.resolution = 32;
+  o.transform.random_flip = true;
+  o.shuffle = false;
+  o.batch_size = 1;
+  DataLoader loader(o);
+  const auto rows = metadata(ip);
+  int flipped = 0;
+  ImageTransform plain = o.transform;
+  plain.random_flip = false;
+  for (const auto& row : rows) {
+    const auto b = loader.next();
+    TransformDraws d(0);
+    const auto original = plain(decode_image(testing::read_file(ip / row.at("input_image_file_name").get<std::string>()), "a"), d);
+    const auto edited = plain(decode_image(testing::read_file(ip / row.at("edited_image_file_name").get<std::string>()), "b"), d);
+    const bool a = !testing::same_tensor(b.images[0][0], original), e = !testing::same_tensor(b.images[1][0], edited);
+    EXPECT_EQ(a, e);
+    if (a) {
+      EXPECT_TRUE(testing::same_tensor(b.images[0][0], hflip(original)));
+      EXPECT_TRUE(testing::same_tensor(b.images[1][0], hflip(edited)));
+    }
+    flipped += a;
+  }
+  EXPECT_GT(flipped, 0);
+  EXPECT_LT(flipped, 12);
+}
+
+TEST(Codecs, GuardsAgainstBombsAndToleratesHarmlessJpegWarnings) {
+  // A PNG header announcing 100000 x 100000 pixels is refused before decoding.
+  auto png = encode_png(torch::zeros({1, 1, 3}, torch::kUInt8));
+  const char big[4] = {0x00, 0x01, static_cast<char>(0x86), static_cast<char>(0xA0)};  // 100000
+  png.replace(16, 4, big, 4);
+  png.replace(20, 4, big, 4);
+  EXPECT_THROW_WITH(decode_image(png, "bomb.png"), "bomb.png", "100000x100000", "exceeds");
+  // An image so thin that its resize would be huge is refused by the transform.
+  ImageTransform t;
+  t.resolution = 32;
+  TransformDraws d(1);
+  EXPECT_THROW_WITH(t(torch::zeros({600, 1, 3}, torch::kUInt8), d), "1x600", "aspect ratio");
+  // Extraneous bytes before a marker: libjpeg warns, PIL and lisadiff decode anyway.
+  const auto ramp = torch::arange(16 * 16 * 3, torch::kInt64).reshape({16, 16, 3}).remainder(251).to(torch::kUInt8);
+  const auto jpeg = encode_jpeg(ramp, 90);
+  auto noisy = jpeg;
+  noisy.insert(noisy.size() - 2, "\x01\x02\x03");
+  EXPECT_TRUE(testing::same_tensor(decode_image(noisy, "noisy.jpg"), decode_image(jpeg, "clean.jpg")));
 }
 
 TEST(Shards, BraceExpansion) {
