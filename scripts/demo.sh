@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's demo command: sets up and builds whatever is missing, then writes two Stable
 # Diffusion pipelines with random weights with `lisadiff init-pipeline` (the tiny preset and
-# the full SD1.5 architecture, 4.3 GB) and shows what `lisadiff inspect` reports about them.
+# the full SD1.5 architecture, 4.3 GB), shows what `lisadiff inspect` reports about them, and
+# writes two small synthetic datasets with `lisadiff make-dataset` (DPO pairs as webdataset
+# shards, text-to-image as an image folder).
 # LISADIFF_DEMO_SD15=0 skips the SD1.5-size pipeline. Later issues grow this into a LISA run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +16,11 @@ echo "[demo] lisadiff init-pipeline --preset tiny --seed 0 --out $out/tiny-sd"
 "$lisadiff" init-pipeline --preset tiny --seed 0 --out "$out/tiny-sd" --overwrite
 echo "[demo] lisadiff inspect $out/tiny-sd"
 "$lisadiff" inspect "$out/tiny-sd"
+echo "[demo] lisadiff make-dataset --kind dpo --format wds --n 64 --size 128 --out $out/shapes-dpo"
+"$lisadiff" make-dataset --kind dpo --format wds --n 64 --size 128 --seed 0 --out "$out/shapes-dpo" --overwrite
+echo "[demo] lisadiff make-dataset --kind t2i --format folder --n 64 --size 128 --out $out/shapes-t2i"
+"$lisadiff" make-dataset --kind t2i --format folder --n 64 --size 128 --seed 0 --out "$out/shapes-t2i" --overwrite
+head -n 3 "$out/shapes-t2i/metadata.jsonl"
 
 if [ "${LISADIFF_DEMO_SD15:-1}" != 0 ]; then
   if [ ! -f "$out/sd15/model_index.json" ]; then
