@@ -1,24 +1,20 @@
 #include "config/json_fields.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace lisadiff::config {
 
 Json read_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path.string(), "cannot open (missing or unreadable)");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
+  const auto text = io::read_file(path);
   try {
-    return Json::parse(buffer.str());
+    return Json::parse(text);
   } catch (const Json::exception& e) {
     throw Error(path.string(), std::string("not valid JSON: ") + e.what());
   }

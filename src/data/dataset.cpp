@@ -1,11 +1,11 @@
 #include "data/dataset.h"
 
-#include <fstream>
 #include <sstream>
 
 #include "core/error.h"
 #include "data/image.h"
 #include "data/sources.h"
+#include "io/atomic_file.h"
 
 namespace lisadiff::data {
 namespace {
@@ -15,15 +15,6 @@ std::string trim(const std::string& s) {
   if (a == std::string::npos) return "";
   const auto b = s.find_last_not_of(" \t\r\n");
   return s.substr(a, b - a + 1);
-}
-
-std::string read_whole_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot read (missing or not readable)");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw Error(path.string() + ": read error");
-  return ss.str();
 }
 
 bool is_image_field(const std::string& ext) {
@@ -38,7 +29,7 @@ class Fields {
   // The encoded image of `column` and a description for messages; nullopt when absent.
   std::optional<std::pair<std::string, std::string>> image(const std::string& column) const {
     const auto file = r_.files.find(column);
-    if (file != r_.files.end()) return std::pair{read_whole_file(file->second), file->second.string()};
+    if (file != r_.files.end()) return std::pair{io::read_file(file->second), file->second.string()};
     const auto exact = r_.bytes.find(column);
     if (exact != r_.bytes.end()) return std::pair{exact->second, r_.where() + " member ." + column};
     for (const auto& [field, data] : r_.bytes) {
@@ -202,35 +193,31 @@ DataOptions DataOptions::for_recipe(ExampleKind kind) {
 }
 
 void DataOptions::read(config::FieldReader& f) {
+  // An int64 field read as a JSON integer of int range, as every other integer key.
+  const auto read_int64 = [&f](const char* key, std::int64_t& field) {
+    int value = static_cast<int>(field);
+    f(key, value);
+    field = value;
+  };
   f("train_data_dir", train_data_dir);
   f("train_shards_path_or_url", train_shards);
-  int resolution_value = static_cast<int>(transform.resolution);
-  f("resolution", resolution_value);
-  transform.resolution = resolution_value;
+  read_int64("resolution", transform.resolution);
   std::string interpolation = interpolation_name(transform.interpolation);
   f("interpolation_type", interpolation);
   transform.interpolation = parse_interpolation(interpolation, f.source() + ": interpolation_type");
   f("dataloader_num_workers", num_workers);
   f("dataloader_prefetch_batches", prefetch_batches);
-  int batch = static_cast<int>(batch_size);
-  f("train_batch_size", batch);
-  batch_size = batch;
+  read_int64("train_batch_size", batch_size);
   std::optional<int> seed_value;
   f("seed", seed_value);
   if (seed_value) seed = static_cast<std::uint64_t>(static_cast<std::int64_t>(*seed_value));
   std::optional<int> max_samples;
   f("max_train_samples", max_samples);
   if (max_samples) max_train_samples = *max_samples;
-  int buffer = static_cast<int>(shuffle_buffer);
-  f("shuffle_buffer", buffer);
-  shuffle_buffer = buffer;
+  read_int64("shuffle_buffer", shuffle_buffer);
   f("max_bad_share", max_bad_share);
-  int unusable = static_cast<int>(max_unusable_in_a_row);
-  f("max_unusable_in_a_row", unusable);
-  max_unusable_in_a_row = unusable;
-  int min_size = static_cast<int>(filters.min_original_size);
-  f("min_original_size", min_size);
-  filters.min_original_size = min_size;
+  read_int64("max_unusable_in_a_row", max_unusable_in_a_row);
+  read_int64("min_original_size", filters.min_original_size);
   f("max_pwatermark", filters.max_pwatermark);
   f("min_aesthetic", filters.min_aesthetic);
   f("resample_shards", resample_shards);
@@ -362,9 +349,7 @@ Processed process_record(const Record& record, const DataOptions& options, std::
         break;
       }
     }
-  } catch (const BadSample& e) {
-    return fail(e.what());
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // BadSample, a decoding Error, or a failing tensor op
     return fail(e.what());
   }
   return out;

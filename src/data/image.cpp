@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <jpeglib.h>
@@ -37,9 +38,9 @@ bool starts_with(std::string_view bytes, std::string_view magic, std::size_t at 
 // before any pixel memory is allocated.
 constexpr std::int64_t kMaxPixels = 178'956'970;
 
-void check_dimensions(int width, int height, const std::string& what) {
+void check_dimensions(std::int64_t width, std::int64_t height, const std::string& what) {
   if (width <= 0 || height <= 0) throw Error(what + ": image has no pixels (" + std::to_string(width) + "x" + std::to_string(height) + ")");
-  if (static_cast<std::int64_t>(width) * height > kMaxPixels) {
+  if (width * height > kMaxPixels) {
     throw Error(what + ": " + std::to_string(width) + "x" + std::to_string(height) + " image exceeds " +
                 std::to_string(kMaxPixels) + " pixels (a decompression bomb, as PIL calls it)");
   }
@@ -140,6 +141,41 @@ torch::Tensor decode_webp(std::string_view bytes, const std::string& what) {
   return out;
 }
 
+// {width, height} from the file's header, without decoding pixels; nullopt when the header
+// cannot be read (the decoder then reports the problem).
+std::optional<std::pair<std::int64_t, std::int64_t>> header_size(std::string_view bytes, ImageFormat format) {
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  switch (format) {
+    case ImageFormat::kPng: {
+      // IHDR's big-endian width and height, read directly: stb refuses huge sizes with a
+      // less helpful "too large".
+      if (bytes.size() < 24) return std::nullopt;
+      const auto be32 = [&](std::size_t at) {
+        return (std::int64_t{data[at]} << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3];
+      };
+      return std::pair{be32(16), be32(20)};
+    }
+    case ImageFormat::kJpeg: {
+      JpegDecoder d;
+      if (!jpeg_read_header_or_fail(d, bytes)) return std::nullopt;
+      return std::pair{std::int64_t{d.cinfo.image_width}, std::int64_t{d.cinfo.image_height}};
+    }
+    case ImageFormat::kWebp: {
+      int width = 0, height = 0;
+      if (!WebPGetInfo(data, bytes.size(), &width, &height)) return std::nullopt;
+      return std::pair{std::int64_t{width}, std::int64_t{height}};
+    }
+    case ImageFormat::kBmp:
+    case ImageFormat::kGif: {
+      int width = 0, height = 0, channels = 0;
+      if (!stbi_info_from_memory(data, static_cast<int>(bytes.size()), &width, &height, &channels)) return std::nullopt;
+      return std::pair{std::int64_t{width}, std::int64_t{height}};
+    }
+    case ImageFormat::kUnknown: break;
+  }
+  return std::nullopt;
+}
+
 torch::Tensor decode_stb(std::string_view bytes, ImageFormat format, const std::string& what) {
   // stb reads past the end of a truncated BMP as zeros; the header's file size tells.
   if (format == ImageFormat::kBmp && bytes.size() >= 6) {
@@ -150,24 +186,8 @@ torch::Tensor decode_stb(std::string_view bytes, ImageFormat format, const std::
                   std::to_string(declared) + " bytes)");
     }
   }
+  if (const auto size = header_size(bytes, format)) check_dimensions(size->first, size->second, what);
   int width = 0, height = 0, channels = 0;
-  if (format == ImageFormat::kPng && bytes.size() >= 24) {
-    // IHDR's big-endian width and height, read directly: stb refuses huge sizes with a
-    // less helpful "too large".
-    const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
-    const auto be32 = [&](std::size_t at) {
-      return (static_cast<std::uint32_t>(b[at]) << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3];
-    };
-    const std::uint32_t w = be32(16), h = be32(20);
-    if (w > 0 && h > 0 && static_cast<std::uint64_t>(w) * h > static_cast<std::uint64_t>(kMaxPixels)) {
-      throw Error(what + ": " + std::to_string(w) + "x" + std::to_string(h) + " image exceeds " +
-                  std::to_string(kMaxPixels) + " pixels (a decompression bomb, as PIL calls it)");
-    }
-  }
-  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
-                            &height, &channels)) {
-    check_dimensions(width, height, what);
-  }
   std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
       stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
                             &height, &channels, 3),
@@ -235,16 +255,9 @@ torch::Tensor decode_image(std::string_view bytes, const std::string& what) {
 }
 
 std::pair<int, int> image_size(std::string_view bytes, const std::string& what) {
-  const auto format = sniff_image_format(bytes);
-  if (format == ImageFormat::kPng || format == ImageFormat::kBmp || format == ImageFormat::kGif) {
-    int width = 0, height = 0, channels = 0;
-    if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
-                              &height, &channels)) {
-      return {width, height};
-    }
-  }
-  const auto image = decode_image(bytes, what);
-  return {static_cast<int>(image.size(1)), static_cast<int>(image.size(0))};
+  const auto size = header_size(bytes, sniff_image_format(bytes));
+  if (!size) throw Error(what + ": not an image lisadiff can read, or its header is corrupt");
+  return {static_cast<int>(size->first), static_cast<int>(size->second)};
 }
 
 std::string encode_png(const std::uint8_t* rgb, int width, int height) {

@@ -26,7 +26,7 @@ const char* format_name(ImageFormat format);
 
 // uint8 [H, W, 3] on the CPU. Throws lisadiff::Error "<what>: <problem>".
 torch::Tensor decode_image(std::string_view bytes, const std::string& what);
-// Only the size, from the header where the codec allows it; {width, height}.
+// Only the size, {width, height}, read from the header (no pixels are decoded).
 std::pair<int, int> image_size(std::string_view bytes, const std::string& what);
 
 // Encoders for make-dataset and figures; `rgb` is row-major [H, W, 3] uint8 (a contiguous

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <numeric>
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -103,8 +104,9 @@ FolderSource::FolderSource(const DataOptions& options)
   while (std::getline(in, line)) {
     ++number;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    Row row;
+    Record row;
     row.key = "line " + std::to_string(number);
+    row.source = manifest.string();
     nlohmann::json object;
     try {
       object = nlohmann::json::parse(line);
@@ -173,13 +175,7 @@ const std::vector<std::int64_t>& FolderSource::order_of(std::int64_t epoch) {
 bool FolderSource::next(Record& record) {
   const auto epoch = position_ / per_rank_, j = position_ % per_rank_;
   const auto& order = order_of(epoch);
-  const auto& row = rows_[static_cast<std::size_t>(order[static_cast<std::size_t>(j * world_ + rank_)])];
-  record = Record{};
-  record.key = row.key;
-  record.source = (dir_ / "metadata.jsonl").string();
-  record.files = row.files;
-  record.values = row.values;
-  record.problem = row.problem;
+  record = rows_[static_cast<std::size_t>(order[static_cast<std::size_t>(j * world_ + rank_)])];
   record.epoch = epoch;
   record.last_in_epoch = j == per_rank_ - 1;
   ++position_;
@@ -383,11 +379,13 @@ bool WdsSource::open_next_shard() {
     return true;
   }
   if (shard_order_.empty()) {
-    const auto n = static_cast<std::int64_t>(my_shards_.size());
-    const auto p = shuffle_ ? seeded_permutation(n, mix_seed(seed_, 0x5A4Dull + static_cast<std::uint64_t>(epoch_)))
-                            : seeded_permutation(n, 0);
-    shard_order_.clear();
-    for (std::int64_t i = 0; i < n; ++i) shard_order_.push_back(static_cast<std::size_t>(shuffle_ ? p[static_cast<std::size_t>(i)] : i));
+    shard_order_.resize(my_shards_.size());
+    std::iota(shard_order_.begin(), shard_order_.end(), std::size_t{0});
+    if (shuffle_) {
+      const auto p = seeded_permutation(static_cast<std::int64_t>(my_shards_.size()),
+                                        mix_seed(seed_, 0x5A4Dull + static_cast<std::uint64_t>(epoch_)));
+      for (std::size_t i = 0; i < p.size(); ++i) shard_order_[i] = static_cast<std::size_t>(p[i]);
+    }
     shard_cursor_ = 0;
   }
   if (shard_cursor_ >= shard_order_.size()) return false;

@@ -32,19 +32,12 @@ class FolderSource : public RecordSource {
   void skip(std::int64_t n) override { position_ += n; }
   std::int64_t epoch_size() const override { return per_rank_; }
   std::string describe() const override;
-  std::int64_t rows() const { return static_cast<std::int64_t>(rows_.size()); }
 
  private:
-  struct Row {
-    std::string key;
-    std::map<std::string, std::filesystem::path> files;
-    nlohmann::json values;
-    std::string problem;
-  };
   const std::vector<std::int64_t>& order_of(std::int64_t epoch);
 
   std::filesystem::path dir_;
-  std::vector<Row> rows_;
+  std::vector<Record> rows_;  // one per metadata.jsonl line, source set; next() adds the epoch
   std::vector<std::int64_t> subset_;  // rows in use (max_train_samples)
   bool shuffle_;
   std::uint64_t seed_;
@@ -84,7 +77,6 @@ class WdsSource : public RecordSource {
   explicit WdsSource(const DataOptions& options);
   bool next(Record& record) override;
   std::string describe() const override;
-  const std::vector<std::string>& shards() const { return shards_; }
 
  private:
   // The next record of the unshuffled stream (shard after shard); false at an epoch's end.

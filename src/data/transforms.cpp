@@ -1,6 +1,7 @@
 #include "data/transforms.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "core/error.h"
 
@@ -121,8 +122,6 @@ std::int64_t TransformDraws::uniform_int(std::int64_t n) {
 
 bool TransformDraws::coin() { return (rng_() >> 63) != 0; }
 
-double TransformDraws::uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
-
 std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
   auto split = [](std::uint64_t z) {
     z += 0x9E3779B97F4A7C15ull;
@@ -135,18 +134,17 @@ std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t index) {
 
 torch::Tensor ImageTransform::operator()(const torch::Tensor& hwc_uint8, TransformDraws& draws) const {
   if (hwc_uint8.dim() != 3 || hwc_uint8.size(2) != 3) throw Error("image transform: expected an [H, W, 3] image");
+  auto [h, w] = std::pair{resolution, resolution};
   if (resize == Resize::kShorterSide) {
+    std::tie(h, w) = shorter_side_size(hwc_uint8.size(0), hwc_uint8.size(1), resolution);
     // A very long, thin image would resize to a huge one (1 x 20000 -> 512 x 10,240,000).
-    const auto [h, w] = shorter_side_size(hwc_uint8.size(0), hwc_uint8.size(1), resolution);
     if (h * w > 64 * resolution * resolution) {
       throw Error("image transform: a " + std::to_string(hwc_uint8.size(1)) + "x" + std::to_string(hwc_uint8.size(0)) +
                   " image has too extreme an aspect ratio (its resize would hold " + std::to_string(h * w) +
                   " pixels, more than 64 x resolution^2)");
     }
   }
-  auto x = hwc_uint8.permute({2, 0, 1});
-  x = resize == Resize::kExact ? data::resize(x, resolution, resolution, interpolation)
-                               : resize_shorter_side(x, resolution, interpolation);
+  auto x = data::resize(hwc_uint8.permute({2, 0, 1}), h, w, interpolation);
   if (crop == Crop::kRandom) {
     const auto top = draws.uniform_int(x.size(1) - resolution);
     const auto left = draws.uniform_int(x.size(2) - resolution);

@@ -55,8 +55,6 @@ class TransformDraws {
   std::int64_t uniform_int(std::int64_t n);
   // True with probability 1/2.
   bool coin();
-  // Uniform in [0, 1).
-  double uniform();
   std::uint64_t raw() { return rng_(); }
 
  private:

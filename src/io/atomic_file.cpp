@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include "core/error.h"
@@ -80,6 +82,15 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
   AtomicFileWriter out(path);
   out.write(content);
   out.commit();
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string(), std::string("cannot read: cannot open it (") + std::strerror(errno) + ")");
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw Error(path.string(), "read failed");
+  return text.str();
 }
 
 }  // namespace lisadiff::io

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <string>
 #include <string_view>
 
 namespace lisadiff::io {
@@ -32,6 +33,10 @@ class AtomicFileWriter {
   int fd_ = -1;
   bool committed_ = false;
 };
+
+// The whole content of `path`. Throws lisadiff::Error naming the file ("cannot read: cannot
+// open it (...)" or "read failed").
+std::string read_file(const std::filesystem::path& path);
 
 // Writes `content` to `path` through an AtomicFileWriter.
 void write_file_atomic(const std::filesystem::path& path, std::string_view content);

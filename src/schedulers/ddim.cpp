@@ -97,8 +97,6 @@ std::vector<double> trailing_spacing(int train, int n, const std::string& who) {
   return v;
 }
 
-namespace {
-
 void check_step_inputs(const torch::Tensor& model_output, const torch::Tensor& sample, const std::string& what) {
   if (!model_output.defined() || !sample.defined()) throw Error(what + ": undefined tensor");
   if (model_output.sizes() != sample.sizes()) {
@@ -107,7 +105,13 @@ void check_step_inputs(const torch::Tensor& model_output, const torch::Tensor& s
   }
 }
 
-}  // namespace
+int64_t index_in_schedule(const torch::Tensor& timesteps, double timestep, const std::string& what) {
+  const auto hits = torch::eq(timesteps, timestep).nonzero();
+  if (hits.size(0) == 0) {
+    throw Error(fmt::format("{}: timestep {} is not in the schedule (pass one of timesteps())", what, timestep));
+  }
+  return hits[hits.size(0) > 1 ? 1 : 0][0].item<int64_t>();
+}
 
 DDIMScheduler::DDIMScheduler(config::SchedulerConfig config, const std::string& source)
     : config_(std::move(config)), source_(source) {

@@ -44,6 +44,13 @@ torch::Tensor threshold_sample(const torch::Tensor& sample, double ratio, double
 torch::Tensor step_noise(const torch::Tensor& like, torch::ScalarType dtype, const torch::Tensor& noise,
                          const std::optional<at::Generator>& generator, const std::string& what);
 
+// The checks every scheduler's step() makes on its inputs (both defined, same shape).
+void check_step_inputs(const torch::Tensor& model_output, const torch::Tensor& sample, const std::string& what);
+// The position of `timestep` in a schedule, as diffusers' index_for_timestep: the second match
+// when the timestep appears twice (img2img starting mid-schedule), else the first. Throws
+// naming `what` when it is not there.
+int64_t index_in_schedule(const torch::Tensor& timesteps, double timestep, const std::string& what);
+
 // The timestep spacings of diffusers' set_timesteps (Table 2 of "Common Diffusion Noise
 // Schedules and Sample Steps are Flawed"), as numpy computes them in float64, descending and
 // before any cast or offset:

@@ -70,6 +70,12 @@ DDPMNoiseSchedule::DDPMNoiseSchedule(config::SchedulerConfig config, const std::
   alphas_cumprod_ = torch::cumprod(alphas_, 0);
 }
 
+std::pair<int64_t, int64_t> integer_range(const torch::Tensor& values) {
+  const auto [lo, hi] = torch::aminmax(values);
+  const auto both = torch::stack({lo, hi}).to(torch::kCPU, torch::kLong);
+  return {both[0].item<int64_t>(), both[1].item<int64_t>()};
+}
+
 DDPMNoiseSchedule DDPMNoiseSchedule::from_pretrained(const fs::path& dir) {
   const fs::path file = scheduler_config_file(dir);
   return DDPMNoiseSchedule(config::SchedulerConfig::from_file(file), file.string());
@@ -92,7 +98,7 @@ std::pair<torch::Tensor, torch::Tensor> DDPMNoiseSchedule::coefficients(const to
                             like.dim() > 0 ? like.size(0) : 0));
   }
   if (timesteps.numel() > 0) {
-    const auto lo = timesteps.min().item<int64_t>(), hi = timesteps.max().item<int64_t>();
+    const auto [lo, hi] = integer_range(timesteps);
     if (lo < 0 || hi >= config_.num_train_timesteps) {
       throw Error(fmt::format("{}: timesteps {}..{} outside [0, {})", what, lo, hi, config_.num_train_timesteps));
     }

@@ -22,6 +22,9 @@ namespace lisadiff::schedulers {
 torch::Tensor cosine_betas(int num_timesteps, double max_beta = 0.999);
 // diffusers' rescale_zero_terminal_snr (float32 in, float32 out).
 torch::Tensor rescale_zero_terminal_snr(const torch::Tensor& betas);
+// {min, max} of an integer tensor with one device-to-host transfer (numel() > 0).
+std::pair<int64_t, int64_t> integer_range(const torch::Tensor& values);
+
 // The betas of a validated config (trained_betas, or the beta_schedule), rescaled when
 // rescale_betas_zero_snr is set.
 torch::Tensor betas_of(const config::SchedulerConfig& config);

@@ -150,13 +150,7 @@ double EulerDiscreteScheduler::init_noise_sigma() const {
 }
 
 int64_t EulerDiscreteScheduler::index_for_timestep(double timestep) const {
-  const auto hits = torch::eq(timesteps_, timestep).nonzero();
-  if (hits.size(0) == 0) {
-    throw Error(fmt::format("EulerDiscreteScheduler: timestep {} is not in the schedule (pass one of timesteps())",
-                            timestep));
-  }
-  // A repeated first timestep (img2img starting mid-schedule) starts at the second entry.
-  return hits[hits.size(0) > 1 ? 1 : 0][0].item<int64_t>();
+  return index_in_schedule(timesteps_, timestep, "EulerDiscreteScheduler");
 }
 
 void EulerDiscreteScheduler::init_step_index(double timestep) {
@@ -174,11 +168,7 @@ SchedulerStepOutput EulerDiscreteScheduler::step(const torch::Tensor& model_outp
                                                  const torch::Tensor& sample, const EulerStepOptions& options) {
   const std::string what = "EulerDiscreteScheduler::step";
   if (num_inference_steps_ == 0) throw Error(what + ": call set_timesteps first");
-  if (!model_output.defined() || !sample.defined()) throw Error(what + ": undefined tensor");
-  if (model_output.sizes() != sample.sizes()) {
-    throw Error(fmt::format("{}: model_output {} and sample {} differ in shape", what,
-                            fmt::join(model_output.sizes(), "x"), fmt::join(sample.sizes(), "x")));
-  }
+  check_step_inputs(model_output, sample, what);
   if (!step_index_) init_step_index(timestep);
   const int64_t i = *step_index_;
   if (i + 1 >= sigmas_.size(0)) {

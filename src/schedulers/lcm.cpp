@@ -5,15 +5,16 @@
 #include <fmt/format.h>
 
 #include "config/json_fields.h"
+#include "schedulers/ddpm.h"
 #include "core/error.h"
 #include "schedulers/ddpm.h"
 
 namespace lisadiff::schedulers {
 namespace {
 
-// The script's extract_into_tensor: schedule[t] reshaped to [B, 1, ...] to broadcast over x.
-torch::Tensor per_sample(const torch::Tensor& schedule, const torch::Tensor& timesteps, const torch::Tensor& x,
-                         const char* what) {
+// The checks of the script's extract_into_tensor: integer timesteps [B], one per sample of x,
+// each an index into a schedule of `length` entries.
+void check_indices(const torch::Tensor& timesteps, const torch::Tensor& x, int64_t length, const char* what) {
   if (timesteps.dim() != 1 || timesteps.is_floating_point()) {
     throw Error(fmt::format("{}: expected integer timesteps [B], found {} of shape [{}]", what,
                             std::string(c10::toString(timesteps.scalar_type())), fmt::join(timesteps.sizes(), ", ")));
@@ -22,11 +23,14 @@ torch::Tensor per_sample(const torch::Tensor& schedule, const torch::Tensor& tim
     throw Error(fmt::format("{}: {} timesteps for a batch of shape {}", what, timesteps.size(0), fmt::join(x.sizes(), "x")));
   }
   if (timesteps.numel() > 0) {
-    const auto lo = timesteps.min().item<int64_t>(), hi = timesteps.max().item<int64_t>();
-    if (lo < 0 || hi >= schedule.size(0)) {
-      throw Error(fmt::format("{}: indices {}..{} outside [0, {})", what, lo, hi, schedule.size(0)));
-    }
+    const auto [lo, hi] = integer_range(timesteps);
+    if (lo < 0 || hi >= length) throw Error(fmt::format("{}: indices {}..{} outside [0, {})", what, lo, hi, length));
   }
+}
+
+// extract_into_tensor itself: schedule[t] reshaped to [B, 1, ...] to broadcast over x
+// (timesteps checked by check_indices).
+torch::Tensor per_sample(const torch::Tensor& schedule, const torch::Tensor& timesteps, const torch::Tensor& x) {
   std::vector<int64_t> shape(static_cast<std::size_t>(x.dim()), 1);
   shape[0] = timesteps.size(0);
   return schedule.to(x.device()).gather(-1, timesteps.to(x.device(), torch::kLong)).reshape(shape);
@@ -66,8 +70,9 @@ torch::Tensor lcm_predicted_original_sample(const torch::Tensor& model_output, c
                                             const torch::Tensor& sample, const std::string& prediction_type,
                                             const AlphaSigmaSchedules& schedules) {
   const char* what = "lcm_predicted_original_sample";
-  const auto alphas = per_sample(schedules.alphas, timesteps, sample, what);
-  const auto sigmas = per_sample(schedules.sigmas, timesteps, sample, what);
+  check_indices(timesteps, sample, schedules.alphas.size(0), what);
+  const auto alphas = per_sample(schedules.alphas, timesteps, sample);
+  const auto sigmas = per_sample(schedules.sigmas, timesteps, sample);
   if (prediction_type == "epsilon") return (sample - sigmas * model_output) / alphas;
   if (prediction_type == "sample") return model_output;
   if (prediction_type == "v_prediction") return alphas * sample - sigmas * model_output;
@@ -78,8 +83,9 @@ torch::Tensor lcm_predicted_noise(const torch::Tensor& model_output, const torch
                                   const torch::Tensor& sample, const std::string& prediction_type,
                                   const AlphaSigmaSchedules& schedules) {
   const char* what = "lcm_predicted_noise";
-  const auto alphas = per_sample(schedules.alphas, timesteps, sample, what);
-  const auto sigmas = per_sample(schedules.sigmas, timesteps, sample, what);
+  check_indices(timesteps, sample, schedules.alphas.size(0), what);
+  const auto alphas = per_sample(schedules.alphas, timesteps, sample);
+  const auto sigmas = per_sample(schedules.sigmas, timesteps, sample);
   if (prediction_type == "epsilon") return model_output;
   if (prediction_type == "sample") return (sample - alphas * model_output) / sigmas;
   if (prediction_type == "v_prediction") return alphas * model_output + sigmas * sample;
@@ -116,7 +122,8 @@ torch::Tensor LcmDdimSolver::ddim_step(const torch::Tensor& pred_x0, const torch
   if (!pred_x0.defined() || !pred_noise.defined() || pred_x0.sizes() != pred_noise.sizes()) {
     throw Error("LcmDdimSolver::ddim_step: pred_x0 and pred_noise must be defined and have the same shape");
   }
-  const auto alpha_prev = per_sample(alpha_cumprods_prev_, index, pred_x0, "LcmDdimSolver::ddim_step");
+  check_indices(index, pred_x0, alpha_cumprods_prev_.size(0), "LcmDdimSolver::ddim_step");
+  const auto alpha_prev = per_sample(alpha_cumprods_prev_, index, pred_x0);
   const auto dir_xt = (1.0 - alpha_prev).sqrt() * pred_noise;
   return alpha_prev.sqrt() * pred_x0 + dir_xt;
 }
@@ -172,19 +179,9 @@ LCMStepOutput LCMScheduler::step(const torch::Tensor& model_output, int64_t time
                                  const LCMStepOptions& options) {
   const std::string what = "LCMScheduler::step";
   if (num_inference_steps_ == 0) throw Error(what + ": call set_timesteps first");
-  if (!model_output.defined() || !sample.defined()) throw Error(what + ": undefined tensor");
-  if (model_output.sizes() != sample.sizes()) {
-    throw Error(fmt::format("{}: model_output {} and sample {} differ in shape", what,
-                            fmt::join(model_output.sizes(), "x"), fmt::join(sample.sizes(), "x")));
-  }
+  check_step_inputs(model_output, sample, what);
   if (!step_index_) {
-    if (begin_index_) {
-      step_index_ = *begin_index_;
-    } else {
-      const auto hits = torch::eq(timesteps_, timestep).nonzero();
-      if (hits.size(0) == 0) throw Error(fmt::format("{}: timestep {} is not in the schedule", what, timestep));
-      step_index_ = hits[hits.size(0) > 1 ? 1 : 0][0].item<int64_t>();
-    }
+    step_index_ = begin_index_ ? *begin_index_ : index_in_schedule(timesteps_, static_cast<double>(timestep), what);
   }
   const int64_t i = *step_index_;
   if (i >= timesteps_.size(0)) {

@@ -61,7 +61,7 @@ void write_json(const fs::path& path, const Json& json) {
 
 Json with_header(Json json, const std::string& class_name) {
   json["_class_name"] = class_name;
-  json["_diffusers_version"] = kDiffusersVersion;
+  json["_diffusers_version"] = models::kDiffusersFormatVersion;
   return json;
 }
 
@@ -184,7 +184,7 @@ void init_pipeline(const InitPipelineOptions& o) {
     const Json none = Json::array({nullptr, nullptr});
     write_json(tmp / "model_index.json",
                {{"_class_name", "StableDiffusionPipeline"},
-                {"_diffusers_version", kDiffusersVersion},
+                {"_diffusers_version", models::kDiffusersFormatVersion},
                 {"feature_extractor", none},
                 {"image_encoder", none},
                 {"requires_safety_checker", false},

@@ -9,13 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "models/state.h"
-
 namespace lisadiff::tools {
 
-// Versions written into the configs: the diffusers/transformers releases whose file formats
-// the fixtures check (requirements.txt pins them). diffusers parses _diffusers_version.
-inline constexpr const char* kDiffusersVersion = models::kDiffusersFormatVersion;
+// The transformers release written into the text encoder's config (requirements.txt pins it);
+// the diffusers one is models::kDiffusersFormatVersion.
 inline constexpr const char* kTransformersVersion = "5.23.0";
 
 struct InitPipelineOptions {

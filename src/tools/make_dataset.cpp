@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "data/image.h"
+#include "data/transforms.h"
 #include "data/wds_writer.h"
 #include "io/atomic_file.h"
 
@@ -59,16 +60,10 @@ constexpr std::array<const char*, kShapes> kShapeNames = {"circle", "square", "t
 // are not, so the files are the same whichever standard library built lisadiff.
 // ---------------------------------------------------------------------------------------------
 
-std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// Example i has its own generator, so it does not depend on n or on the examples before it.
+// Example i has its own generator, so it does not depend on n or on the examples before it;
+// its seed is the loader's per-sample seed mix.
 std::mt19937_64 example_rng(std::uint64_t seed, std::int64_t index) {
-  return std::mt19937_64(splitmix64(splitmix64(seed) ^ static_cast<std::uint64_t>(index)));
+  return std::mt19937_64(data::mix_seed(seed, static_cast<std::uint64_t>(index)));
 }
 
 // Uniform in [0, n) up to a bias of n / 2^64, which nothing here can see.
@@ -399,11 +394,6 @@ const std::vector<std::string>& dataset_color_names() {
     for (const auto& c : kPalette) v.emplace_back(c.name);
     return v;
   }();
-  return names;
-}
-
-const std::vector<std::string>& dataset_shape_names() {
-  static const std::vector<std::string> names(kShapeNames.begin(), kShapeNames.end());
   return names;
 }
 

@@ -54,9 +54,8 @@ void validate(const MakeDatasetOptions& options);
 // dataset. Throws lisadiff::Error, naming the file or folder, on failure.
 MakeDatasetSummary make_dataset(const MakeDatasetOptions& options);
 
-// The palette and the shapes, by the names the captions use.
+// The palette, by the names the captions use.
 const std::vector<std::string>& dataset_color_names();  // red, green, blue, yellow, ...
-const std::vector<std::string>& dataset_shape_names();  // circle, square, triangle
 std::optional<Rgb> dataset_color(std::string_view name);
 
 }  // namespace lisadiff::tools

@@ -1,18 +1,15 @@
 #include "tools/plot.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
-#include <cstring>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace lisadiff::tools {
 namespace fs = std::filesystem;
@@ -160,11 +157,7 @@ MetricsLog read_metrics(const fs::path& file) {
                                                     : "no such file (training runs write metrics.jsonl into their "
                                                       "output folder)");
   }
-  std::ifstream in(file, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in && !in.eof()) throw Error(file.string(), std::string("cannot read: ") + std::strerror(errno));
-  return parse_metrics(text.str(), file);
+  return parse_metrics(io::read_file(file), file);
 }
 
 // ---------------------------------------------------------------------------------------------

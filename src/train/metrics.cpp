@@ -31,15 +31,6 @@ using OrderedJson = nlohmann::ordered_json;
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-std::string read_whole_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(file.string(), std::string("cannot open for reading: ") + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw Error(file.string(), "read failed");
-  return text.str();
-}
-
 // The record's numeric "step", if the line is a JSON object that has one.
 std::optional<double> record_step(std::string_view line) {
   const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
@@ -53,7 +44,7 @@ std::optional<double> record_step(std::string_view line) {
 void drop_incomplete_last_line(const fs::path& file) {
   std::error_code ec;
   if (!fs::is_regular_file(file, ec)) return;  // absent, or a device/pipe that cannot be rewritten
-  const std::string text = read_whole_file(file);
+  const std::string text = io::read_file(file);
   if (text.empty() || text.back() == '\n') return;
   const auto end = text.rfind('\n');
   const std::size_t keep = end == std::string::npos ? 0 : end + 1;
@@ -162,7 +153,7 @@ void MetricsWriter::event(std::int64_t step, std::string_view kind, const Ordere
 
 std::size_t MetricsWriter::truncate_after(std::int64_t step) {
   if (!enabled()) return 0;
-  const std::string text = read_whole_file(file_);
+  const std::string text = io::read_file(file_);
   std::string kept;
   kept.reserve(text.size());
   std::size_t removed = 0;
