@@ -163,9 +163,8 @@ int run(const Args& a) {
     classic = std::make_unique<torch::optim::AdamW>(
         unet->parameters(), torch::optim::AdamWOptions(1e-4).betas({0.9, 0.999}).eps(1e-8).weight_decay(1e-2));
   } else if (a.regime == "full-fused") {
-    std::vector<std::pair<std::string, torch::Tensor>> all;  // the parameters themselves (parameters_of detaches)
-    for (const auto& p : unet->named_parameters()) all.emplace_back(p.key(), p.value());
-    fused = std::make_unique<train::FusedOptimizer>(all, fo);
+    // The parameters themselves (models::parameters_of detaches).
+    fused = std::make_unique<train::FusedOptimizer>(train::named_parameters(*unet), fo);
   } else if (a.regime == "lora") {
     train::LoraOptions lo;
     lo.rank = a.lora_rank;

@@ -29,7 +29,7 @@ AdamWKernel resolve(AdamWKernel k, const torch::Tensor& p) {
 
 }  // namespace
 
-double clip_grad_norms_(const std::vector<torch::Tensor>& grads, double max_norm) {
+torch::Tensor clip_grad_norms_(const std::vector<torch::Tensor>& grads, double max_norm) {
   // torch.nn.utils.clip_grad_norm_ (foreach), op for op: the total norm is the norm of the
   // stacked per-tensor norms, the coefficient is clamped to 1 and always applied.
   std::vector<torch::Tensor> norms;
@@ -40,10 +40,20 @@ double clip_grad_norms_(const std::vector<torch::Tensor>& grads, double max_norm
     const auto coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
     for (const auto& g : grads) g.mul_(coef);
   }
-  return total.item<double>();
+  return total;
 }
 
-double clip_grad_norm_(torch::Tensor& grad, double max_norm) { return clip_grad_norms_({grad}, max_norm); }
+torch::Tensor clip_grad_norm_(torch::Tensor& grad, double max_norm) { return clip_grad_norms_({grad}, max_norm); }
+
+namespace {
+
+// sum += norm^2 in float64 (the same IEEE operations as adding norm * norm of doubles).
+void add_square(torch::Tensor& sum, const torch::Tensor& norm) {
+  const auto sq = norm.to(torch::kFloat64).square();
+  sum = sum.defined() ? sum + sq : sq;
+}
+
+}  // namespace
 
 void FusedOptimizer::adamw_step(torch::Tensor& p, const torch::Tensor& grad, AdamWState& s, const AdamWOptions& o,
                                 double lr, AdamWKernel kernel) {
@@ -52,9 +62,7 @@ void FusedOptimizer::adamw_step(torch::Tensor& p, const torch::Tensor& grad, Ada
     s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Preserve);
     s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Preserve);
     s.step = torch::zeros({}, torch::dtype(torch::kFloat32).device(kernel == AdamWKernel::kFused ? p.device() : torch::kCPU));
-    s.steps = 0;
   }
-  s.steps += 1;
   if (resolve(kernel, p) == AdamWKernel::kFused) {
     if (s.step.device() != p.device()) s.step = s.step.to(p.device());
     at::_fused_adamw_({p}, {grad}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, o.beta1, o.beta2, o.weight_decay,
@@ -140,8 +148,7 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
     grad.reset();
     return;
   }
-  const double norm = clip_grad_norm_(grad, options_.max_grad_norm);  // <= 0: measured only
-  sq_norm_ += norm * norm;
+  add_square(sq_norm_, clip_grad_norm_(grad, options_.max_grad_norm));  // <= 0: measured only
   update(i, p, grad);
   grad.reset();  // free the gradient now
 }
@@ -161,7 +168,6 @@ bool FusedOptimizer::unscale_finite(torch::Tensor& grad) const {
 }
 
 void FusedOptimizer::update(std::size_t i, torch::Tensor& p, const torch::Tensor& grad) {
-  ++stepped_;
   const double lr = options_.lr_at(global_step_);
   if (options_.use_8bit_adam) {
     if (!states8_[i]) states8_[i] = std::make_unique<AdamW8bitState>(p, params_[i].first);
@@ -198,8 +204,7 @@ void FusedOptimizer::classic_step() {
     drop_grads();
     return;
   }
-  const double norm = clip_grad_norms_(grads, options_.max_grad_norm);  // the global norm
-  sq_norm_ += norm * norm;
+  add_square(sq_norm_, clip_grad_norms_(grads, options_.max_grad_norm));  // the global norm
   for (std::size_t k = 0; k < with_grad.size(); ++k) update(with_grad[k], params_[with_grad[k]].second, grads[k]);
   drop_grads();
 }
@@ -233,10 +238,8 @@ int64_t FusedOptimizer::finish_step() {
   }
   last_skipped_ = skipped_;
   skipped_ = 0;
-  last_grad_norm_ = std::sqrt(sq_norm_);
-  last_stepped_tensors_ = stepped_;
-  sq_norm_ = 0.0;
-  stepped_ = 0;
+  last_grad_norm_ = sq_norm_.defined() ? std::sqrt(sq_norm_.item<double>()) : 0.0;
+  sq_norm_ = torch::Tensor();
   return ++global_step_;
 }
 
@@ -342,7 +345,6 @@ void FusedOptimizer::load_state_tensors(const std::vector<std::pair<std::string,
       st.exp_avg = fields.at("exp_avg").to(p.device(), p.scalar_type()).clone();
       st.exp_avg_sq = fields.at("exp_avg_sq").to(p.device(), p.scalar_type()).clone();
       st.step = fields.at("step").to(torch::kFloat32).clone();
-      st.steps = static_cast<int64_t>(st.step.item<double>());
       states_[i] = std::move(st);
     } else {
       std::vector<std::pair<std::string, torch::Tensor>> eight;

@@ -80,13 +80,11 @@ struct FusedOptimizerOptions {
   bool classic = false;
 };
 
-// Per-parameter AdamW state (fp32 moments, or the parameter's dtype when it is fp32).
 // Per-parameter AdamW state; moments in the parameter's dtype (float32: other dtypes are
 // refused by the optimizer, an update of 1e-4 is below bf16's resolution).
 struct AdamWState {
   torch::Tensor exp_avg, exp_avg_sq;
   torch::Tensor step;  // float32 scalar tensor, as torch keeps it (the fused kernel needs it)
-  int64_t steps = 0;
 };
 
 class FusedOptimizer {
@@ -119,9 +117,8 @@ class FusedOptimizer {
   double current_lr() const;  // the lr the next update uses
 
   // Statistics of the step in progress / just finished (before finish_step resets them):
-  // L2 norm over all stepped gradients before clipping, and how many tensors / elements stepped.
+  // the L2 norm over all stepped gradients before clipping.
   double last_grad_norm() const { return last_grad_norm_; }
-  int64_t last_stepped_tensors() const { return last_stepped_tensors_; }
 
   // Drops the optimizer state of a parameter (LISA deactivation). Its hook stays.
   void drop_state(const std::string& name);
@@ -162,17 +159,20 @@ class FusedOptimizer {
   bool sync_backward_seen_ = false;
   bool sync_ = true;
   int64_t global_step_ = 0;
-  double sq_norm_ = 0.0, last_grad_norm_ = 0.0;
-  int64_t stepped_ = 0, last_stepped_tensors_ = 0;
+  // Sum of squared gradient norms of the step, float64 on the gradients' device: read once in
+  // finish_step(), so the hooks never wait for the device.
+  torch::Tensor sq_norm_;
+  double last_grad_norm_ = 0.0;
   double scale_ = 1.0;
   int64_t growth_tracker_ = 0, skipped_ = 0, last_skipped_ = 0;
 };
 
 // Clips one gradient in place as torch.nn.utils.clip_grad_norm_ does for a single tensor:
-// coef = min(1, max_norm / (norm + 1e-6)); grad *= coef. Returns the norm before clipping.
-double clip_grad_norm_(torch::Tensor& grad, double max_norm);
+// coef = min(1, max_norm / (norm + 1e-6)); grad *= coef. Returns the norm before clipping,
+// a 0-d float32 tensor on the gradient's device (no host synchronisation).
+torch::Tensor clip_grad_norm_(torch::Tensor& grad, double max_norm);
 // torch.nn.utils.clip_grad_norm_ over several gradients (the global norm); max_norm <= 0
-// only measures. Returns the norm before clipping.
-double clip_grad_norms_(const std::vector<torch::Tensor>& grads, double max_norm);
+// only measures. Returns the norm before clipping, as clip_grad_norm_.
+torch::Tensor clip_grad_norms_(const std::vector<torch::Tensor>& grads, double max_norm);
 
 }  // namespace lisadiff::train

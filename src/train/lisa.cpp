@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "train/ema.h"
 
 namespace lisadiff::train {
 namespace {
@@ -25,12 +26,6 @@ constexpr double kTargetBoost = 10.0;
 
 bool is_index(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-std::vector<std::pair<std::string, torch::Tensor>> named(torch::nn::Module& model) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : model.named_parameters()) out.emplace_back(p.key(), p.value());
-  return out;
 }
 
 }  // namespace
@@ -217,7 +212,7 @@ void LisaSampler::load_state(const nlohmann::json& state) {
 // ---------------------------------------------------------------------------------------
 
 Lisa::Lisa(torch::nn::Module& model, LisaOptions options, FusedOptimizerOptions optimizer)
-    : Lisa(named(model), std::move(options), std::move(optimizer)) {}
+    : Lisa(named_parameters(model), std::move(options), std::move(optimizer)) {}
 
 Lisa::Lisa(std::vector<std::pair<std::string, torch::Tensor>> params, LisaOptions options, FusedOptimizerOptions optimizer)
     : params_(std::move(params)),

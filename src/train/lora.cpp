@@ -106,7 +106,7 @@ void Lora::save(const std::filesystem::path& dir, const std::string& prefix) con
   std::filesystem::create_directories(dir);
   io::NamedTensors out;
   for (const auto& [name, t] : params_) out.emplace_back(prefix + "." + name, t.detach().contiguous());
-  io::write_safetensors(dir / "pytorch_lora_weights.safetensors", out, {{"format", "pt"}});
+  io::write_safetensors(dir / kFileName, out, {{"format", "pt"}});
 }
 
 void Lora::load(const std::filesystem::path& file, const std::string& prefix) {

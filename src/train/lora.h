@@ -43,6 +43,8 @@ class Lora {
   int64_t parameter_count() const;
   double scale() const { return scale_; }
 
+  // The file save() writes and diffusers' load_lora_weights reads.
+  static constexpr const char* kFileName = "pytorch_lora_weights.safetensors";
   // Writes `<dir>/pytorch_lora_weights.safetensors` with diffusers' key names
   // ("<prefix>.<peft name>", prefix "unet"), atomically.
   void save(const std::filesystem::path& dir, const std::string& prefix = "unet") const;

@@ -394,6 +394,11 @@ void reset_cuda_peak_memory() {
   }
 }
 
+std::int64_t peak_memory_bytes() {
+  const auto cuda = cuda_peak_allocated_bytes();
+  return cuda >= 0 ? cuda : host_peak_rss_bytes();
+}
+
 PeakMemory PeakMemory::measure() {
   PeakMemory m;
   m.host_bytes = host_peak_rss_bytes();

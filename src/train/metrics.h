@@ -197,6 +197,10 @@ struct PeakMemory {
   std::int64_t bytes() const { return cuda_allocated_bytes >= 0 ? cuda_allocated_bytes : host_bytes; }
 };
 
+// PeakMemory::measure().bytes() without the measurements it does not use: the CUDA peak
+// allocated bytes when CUDA is in use, else the host peak.
+std::int64_t peak_memory_bytes();
+
 std::int64_t host_peak_rss_bytes();
 // A "Name:   123 kB" field of /proc/self/status ("VmRSS", "VmHWM", "RssAnon", ...) in
 // bytes; 0 when it cannot be read.

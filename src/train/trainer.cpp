@@ -20,7 +20,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kWeightsName = "diffusion_pytorch_model.safetensors";
-constexpr const char* kLoraName = "pytorch_lora_weights.safetensors";
 constexpr const char* kStateName = "training_state.json";
 constexpr int kStateFormat = 1;
 
@@ -329,15 +328,13 @@ Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(
     case TrainMethod::kLisa: {
       auto lo = options_.lisa;
       lo.frozen_dtype = options_.frozen_dtype;
-      for (const auto& item : params) trainable_.emplace_back(item.key(), item.value());
+      trainable_ = named_parameters(module);
       lisa_ = std::make_unique<Lisa>(trainable_, lo, opt);
       break;
     }
     case TrainMethod::kFull:
-      for (const auto& item : params) {
-        item.value().set_requires_grad(true);
-        trainable_.emplace_back(item.key(), item.value());
-      }
+      trainable_ = named_parameters(module);
+      for (auto& [name, p] : trainable_) p.set_requires_grad(true);
       optimizer_ = std::make_unique<FusedOptimizer>(trainable_, opt);
       break;
     case TrainMethod::kLora: {
@@ -393,7 +390,7 @@ void Trainer::write_model(const fs::path& dir) const {
 
 void Trainer::read_model(const fs::path& dir) {
   if (lora_) {
-    lora_->load(dir / kLoraName);
+    lora_->load(dir / Lora::kFileName);
     return;
   }
   const fs::path file = dir / model_.name / kWeightsName;
@@ -526,6 +523,7 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
   po.enabled = options_.main_process;
   ProgressDisplay progress(options_.max_train_steps, po, global_step());
   auto& opt = optimizer();
+  const int64_t lisa_total = lisa_ ? lisa_->total_parameters() : 0;  // fixed for the run
   while (global_step() < end) {
     const auto t0 = Clock::now();
     const int64_t step = global_step();
@@ -573,7 +571,7 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
     fields["grad_norm"] = opt.last_grad_norm();
     fields["active_parameters"] = active;
     fields["step_time"] = seconds;
-    fields["peak_memory"] = PeakMemory::measure().bytes();
+    fields["peak_memory"] = peak_memory_bytes();
     if (options_.mixed_precision == MixedPrecision::kFp16) {
       fields["loss_scale"] = opt.loss_scale();
       fields["skipped_tensors"] = opt.last_skipped_tensors();
@@ -586,7 +584,7 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
       metrics_.event(done, "recall", {{"active_parameters", active}, {"active_tensors", lisa_->active_names().size()}});
     }
     const double share = 100.0 * static_cast<double>(active) /
-                         static_cast<double>(std::max<int64_t>(1, lisa_ ? lisa_->total_parameters() : active));
+                         static_cast<double>(std::max<int64_t>(1, lisa_ ? lisa_total : active));
     progress.update(done, loss, fields["lr"].get<double>(), {{"active", fmt::format("{:.1f}%", share)}});
     if (done % options_.checkpointing_steps == 0) {
       progress.break_line();
@@ -602,7 +600,7 @@ void Trainer::save_final() {
   write_model(options_.output_dir);
   write_lisa_activations(options_.output_dir / "lisa_activations.json");
   spdlog::info("saved the trained {} to {}", lora_ ? std::string("LoRA adapters") : model_.name,
-               (options_.output_dir / (lora_ ? kLoraName : model_.name)).string());
+               (options_.output_dir / (lora_ ? Lora::kFileName : model_.name)).string());
 }
 
 }  // namespace lisadiff::train
