@@ -19,7 +19,11 @@ while [ $# -gt 0 ]; do
     *) echo "bench_data.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-PY=$(grep '^LISADIFF_PYTHON:' "$BUILD/CMakeCache.txt" | cut -d= -f2)
+for f in "$BUILD/apps/lisadiff" "$BUILD/bench/bench_data_loader"; do
+  [ -x "$f" ] || { echo "bench_data.sh: $f is missing: build first (scripts/setup.sh)" >&2; exit 1; }
+done
+PY="$(grep '^LISADIFF_PYTHON:' "$BUILD/CMakeCache.txt" | cut -d= -f2)"
+[ -x "$PY" ] || { echo "bench_data.sh: no LISADIFF_PYTHON in $BUILD/CMakeCache.txt" >&2; exit 1; }
 mkdir -p "$OUT"
 DATA="$OUT/shapes-512-jpg"
 # JPEG images of 512 to 768 pixels a side: every example is decoded, resized and cropped.

@@ -8,6 +8,7 @@
 #include "config/scheduler_config.h"
 #include "io/safetensors.h"
 #include "schedulers/ddim.h"
+#include "sampling_fixtures.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -16,27 +17,17 @@ namespace {
 using schedulers::DDIMScheduler;
 using testing::fixtures_dir;
 
-const io::SafetensorsReader& ref() {
-  static io::SafetensorsReader r(fixtures_dir() / "schedulers/sampling.safetensors");
-  return r;
-}
+const io::SafetensorsReader& ref() { return testing::sampling_ref(); }
 
-const nlohmann::ordered_json& cases() {
-  static const auto json = testing::read_json(fixtures_dir() / "schedulers/sampling.json");
-  return json.at("ddim");
-}
+const nlohmann::ordered_json& cases() { return testing::sampling_json().at("ddim"); }
 
 // Read as diffusers' DDIMScheduler.from_config reads the case's config.
 DDIMScheduler scheduler(const std::string& name) {
   return DDIMScheduler(config::SchedulerConfig::from_json_as(cases().at(name).at("config"), name, "DDIMScheduler"), name);
 }
 
-double max_abs_error(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
-
-// Measured errors are recorded as test properties (see --gtest_output=json).
-std::string show(double error) { return fmt::format("{:.3g}", error); }
+using testing::max_abs_error;
+using testing::show;
 
 class DDIMParity : public ::testing::TestWithParam<std::string> {};
 

@@ -10,6 +10,7 @@
 #include "config/scheduler_config.h"
 #include "io/safetensors.h"
 #include "schedulers/euler.h"
+#include "sampling_fixtures.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -18,32 +19,18 @@ namespace {
 using schedulers::EulerDiscreteScheduler;
 using testing::fixtures_dir;
 
-const io::SafetensorsReader& ref() {
-  static io::SafetensorsReader r(fixtures_dir() / "schedulers/sampling.safetensors");
-  return r;
-}
+const io::SafetensorsReader& ref() { return testing::sampling_ref(); }
 
-const nlohmann::ordered_json& cases() {
-  static const auto json = testing::read_json(fixtures_dir() / "schedulers/sampling.json");
-  return json.at("euler");
-}
+const nlohmann::ordered_json& cases() { return testing::sampling_json().at("euler"); }
 
 EulerDiscreteScheduler scheduler(const std::string& name) {
   return EulerDiscreteScheduler(
       config::SchedulerConfig::from_json_as(cases().at(name).at("config"), name, "EulerDiscreteScheduler"), name);
 }
 
-double max_abs_error(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
-
-// Measured errors are recorded as test properties (see --gtest_output=json).
-std::string show(double error) { return fmt::format("{:.3g}", error); }
-
-// The fixture script's seeded(): a CPU generator seeded with the sum of the name's characters.
-at::Generator seeded(const std::string& name) {
-  return at::detail::createCPUGenerator(std::accumulate(name.begin(), name.end(), uint64_t{0}));
-}
+using testing::max_abs_error;
+using testing::seeded;
+using testing::show;
 
 class EulerParity : public ::testing::TestWithParam<std::string> {
  protected:

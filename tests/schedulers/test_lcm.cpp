@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "schedulers/ddpm.h"
 #include "schedulers/lcm.h"
+#include "sampling_fixtures.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -21,15 +22,9 @@ using schedulers::LCMScheduler;
 using schedulers::LcmDdimSolver;
 using testing::fixtures_dir;
 
-const io::SafetensorsReader& ref() {
-  static io::SafetensorsReader r(fixtures_dir() / "schedulers/sampling.safetensors");
-  return r;
-}
+const io::SafetensorsReader& ref() { return testing::sampling_ref(); }
 
-const nlohmann::ordered_json& fixture() {
-  static const auto json = testing::read_json(fixtures_dir() / "schedulers/sampling.json");
-  return json;
-}
+const nlohmann::ordered_json& fixture() { return testing::sampling_json(); }
 
 LCMScheduler scheduler(const std::string& name) {
   return LCMScheduler(config::SchedulerConfig::from_json_as(fixture().at("lcm").at(name).at("config"), name, "LCMScheduler"),
@@ -42,16 +37,9 @@ std::optional<int> original_steps(const std::string& name) {
                                                  : std::nullopt;
 }
 
-double max_abs_error(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
-
-// Measured errors are recorded as test properties (see --gtest_output=json).
-std::string show(double error) { return fmt::format("{:.3g}", error); }
-
-at::Generator seeded(const std::string& name) {
-  return at::detail::createCPUGenerator(std::accumulate(name.begin(), name.end(), uint64_t{0}));
-}
+using testing::max_abs_error;
+using testing::seeded;
+using testing::show;
 
 class LCMParity : public ::testing::TestWithParam<std::string> {
  protected:

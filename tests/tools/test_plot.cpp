@@ -2,7 +2,6 @@
 // raster (text, anti-aliased lines), where known series land in the decoded PNG, and the CLI.
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 
 #define STBI_STATIC
 #define STB_IMAGE_IMPLEMENTATION

@@ -375,8 +375,6 @@ TEST(Lisa, KeepStateOptionKeepsMoments) {
 TEST(Lisa, LateActivatedTensorGetsTheGlobalStepLr) {
   torch::manual_seed(2);
   auto m = deep_mlp();
-  std::map<std::string, torch::Tensor> initial;
-  for (auto& [n, p] : named(*m)) initial[n] = p.detach().clone();
   LisaOptions lo;
   lo.n_active = 2;
   lo.interval = 1;
