@@ -4,6 +4,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <numeric>
@@ -168,8 +169,59 @@ INSTANTIATE_TEST_SUITE_P(
                       Variant{"lisa_bf16_frozen", TrainMethod::kLisa, true, train::MixedPrecision::kBf16, torch::kBFloat16},
                       Variant{"full_classic", TrainMethod::kFull, false, train::MixedPrecision::kNo, std::nullopt},
                       Variant{"full_fused", TrainMethod::kFull, true, train::MixedPrecision::kNo, std::nullopt},
-                      Variant{"lora_classic", TrainMethod::kLora, false, train::MixedPrecision::kNo, std::nullopt}),
+                      Variant{"lora_classic", TrainMethod::kLora, false, train::MixedPrecision::kNo, std::nullopt},
+                      Variant{"full_fused_fp16", TrainMethod::kFull, true, train::MixedPrecision::kFp16, std::nullopt}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// The fp16 GradScaler state travels in the checkpoint: started far too high, the scale backs
+// off on overflowing steps, and a resumed run must continue from the backed-off value.
+TEST(Trainer, Fp16LossScaleResumesWithTheRun) {
+  TempDir tmp;
+  const auto options = [&](const fs::path& out) {
+    auto o = base_options(out, TrainMethod::kFull);
+    o.mixed_precision = train::MixedPrecision::kFp16;
+    o.use_ema = false;
+    return o;
+  };
+  const double too_high = std::ldexp(1.0, 60);
+  std::vector<double> straight_losses;
+  double straight_scale = 0;
+  {
+    torch::manual_seed(3);
+    auto unet = micro_unet();
+    Trainer trainer(train::trained_unet(unet), options(tmp / "straight"));
+    trainer.optimizer().set_loss_scale(too_high, 0);
+    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &straight_losses); });
+    straight_scale = trainer.optimizer().loss_scale();
+  }
+  ASSERT_LT(straight_scale, too_high);  // it backed off
+  {
+    torch::manual_seed(3);
+    auto unet = micro_unet();
+    Trainer trainer(train::trained_unet(unet), options(tmp / "crashed"));
+    trainer.optimizer().set_loss_scale(too_high, 0);
+    EXPECT_THROW(trainer.train([&](const MicroBatch& mb) {
+      if (mb.step == 7) throw std::runtime_error("simulated crash");
+      return denoise(unet, mb, nullptr);
+    }),
+                 std::runtime_error);
+  }
+  std::vector<double> resumed_losses;
+  {
+    torch::manual_seed(99);
+    auto unet = micro_unet();
+    auto o = options(tmp / "crashed");
+    o.resume_from_checkpoint = "latest";
+    Trainer trainer(train::trained_unet(unet), o);
+    EXPECT_EQ(trainer.resume(), 5);
+    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &resumed_losses); });
+    EXPECT_EQ(trainer.optimizer().loss_scale(), straight_scale);
+  }
+  ASSERT_EQ(resumed_losses.size(), 14u);
+  for (std::size_t i = 0; i < resumed_losses.size(); ++i) {
+    EXPECT_EQ(resumed_losses[i], straight_losses[10 + i]) << "micro-batch " << 10 + i;
+  }
+}
 
 TEST(Trainer, LisaRedrawsEveryIntervalOptimizerStepsNotMicroBatches) {
   TempDir tmp;
