@@ -22,7 +22,9 @@
 // process (getrusage ru_maxrss).
 //
 //   bench_train_step --pipeline DIR --regime lisa [--steps 5 --warmup 2 --batch 1 --latent 32]
-//                    [--json OUT]
+//                    [--bf16-frozen | --fp16] [--json OUT]
+// --fp16 (fused regimes) runs the forward under float16 autocast and the optimizer's dynamic
+// loss scaling (each hook unscales and checks its own gradient): it measures that overhead.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -108,7 +110,7 @@ struct Args {
   std::string pipeline, regime = "lisa", json_out, log_level = "warn";
   int steps = 5, warmup = 2, batch = 1, latent = 32, lora_rank = 4, threads = 0;
   int64_t lisa_n = -1, lisa_interval = 20;
-  bool gradient_checkpointing = false, use_8bit_adam = false, bf16_frozen = false;
+  bool gradient_checkpointing = false, use_8bit_adam = false, bf16_frozen = false, fp16 = false;
   uint64_t seed = 0;
 };
 
@@ -118,6 +120,10 @@ int run(const Args& a) {
   if (a.bf16_frozen && (a.regime == "full-classic" || a.regime == "full-fused")) {
     throw Error("--bf16-frozen needs a regime with frozen weights (lora, lisa)");
   }
+  if (a.fp16 && a.regime == "full-classic") {
+    throw Error("--fp16 needs a fused regime (full-fused, lora, lisa): their loss scaling is measured");
+  }
+  if (a.fp16 && a.bf16_frozen) throw Error("--fp16 and --bf16-frozen exclude each other");
   if (a.use_8bit_adam && a.regime == "full-classic") {
     throw Error("--use-8bit-adam needs a fused regime (full-fused, lora, lisa); full-classic is torch::optim::AdamW");
   }
@@ -131,6 +137,7 @@ int run(const Args& a) {
   r["latent"] = a.latent;
   r["gradient_checkpointing"] = a.gradient_checkpointing;
   r["use_8bit_adam"] = a.use_8bit_adam;
+  r["fp16"] = a.fp16;
   r["seed"] = a.seed;
   r["threads"] = at::get_num_threads();
   r["interop_threads"] = at::get_num_interop_threads();
@@ -155,6 +162,7 @@ int run(const Args& a) {
   train::FusedOptimizerOptions fo;
   fo.adamw = {1e-4, 0.9, 0.999, 1e-8, 1e-2};
   fo.use_8bit_adam = a.use_8bit_adam;
+  fo.loss_scaling.enabled = a.fp16;  // GradScaler's dynamic scale, checked per tensor in the hooks
   std::unique_ptr<torch::optim::AdamW> classic;
   std::unique_ptr<train::FusedOptimizer> fused;
   std::unique_ptr<train::Lora> lora;
@@ -218,11 +226,14 @@ int run(const Args& a) {
     const double c0 = cpu_seconds();
     torch::Tensor pred;
     {
-      train::AutocastScope autocast(torch::kCPU, a.bf16_frozen ? torch::kBFloat16 : torch::kFloat32);
+      train::AutocastScope autocast(torch::kCPU, a.bf16_frozen ? torch::kBFloat16
+                                                 : a.fp16      ? torch::kHalf
+                                                               : torch::kFloat32);
       pred = unet->forward(b.latents + b.noise, b.timesteps, b.context);
     }
     auto loss = torch::mse_loss(pred.to(torch::kFloat32), b.noise);
-    loss.backward();
+    const double scale = classic ? 1.0 : (lisa ? lisa->optimizer() : *fused).loss_scale();
+    (scale == 1.0 ? loss : loss * scale).backward();
     if (classic) {
       classic->step();
       classic->zero_grad(true);
@@ -285,6 +296,7 @@ int main(int argc, char** argv) {
   app.add_flag("--gradient-checkpointing", a.gradient_checkpointing, "Checkpoint every resnet and transformer block");
   app.add_flag("--bf16-frozen", a.bf16_frozen,
                "bfloat16 autocast, frozen weights stored in bfloat16 (LISA's precision switch; LoRA's base)");
+  app.add_flag("--fp16", a.fp16, "float16 autocast with dynamic loss scaling (fused regimes)");
   app.add_flag("--use-8bit-adam", a.use_8bit_adam, "8-bit block-wise AdamW moments (fused regimes)");
   app.add_option("--seed", a.seed, "Seed of the inputs, the LoRA init and the LISA draw")->capture_default_str();
   app.add_option("--threads", a.threads, "Intra-op threads (default: LibTorch's)")->check(CLI::NonNegativeNumber);
