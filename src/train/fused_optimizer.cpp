@@ -1,7 +1,10 @@
 #include "train/fused_optimizer.h"
 
 #include <cmath>
+#include <optional>
 
+#include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
+#include <fmt/format.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -47,26 +50,47 @@ torch::Tensor clip_grad_norm_(torch::Tensor& grad, double max_norm) { return cli
 
 namespace {
 
-// sum += norm^2 in float64 (the same IEEE operations as adding norm * norm of doubles).
-void add_square(torch::Tensor& sum, const torch::Tensor& norm) {
-  const auto sq = norm.to(torch::kFloat64).square();
+// sum += norm^2 in float64 (the same IEEE operations as adding norm * norm of doubles);
+// nothing is added where `skipped` (a 0-d flag, when defined) is nonzero.
+void add_square(torch::Tensor& sum, const torch::Tensor& norm, const torch::Tensor& skipped = {}) {
+  auto sq = norm.to(torch::kFloat64).square();
+  if (skipped.defined()) sq = torch::where(skipped.ne(0), torch::zeros_like(sq), sq);
   sum = sum.defined() ? sum + sq : sq;
+}
+
+// sum += value (a 0-d tensor), in float64 on the value's device.
+void add_to(torch::Tensor& sum, const torch::Tensor& value) {
+  const auto v = value.to(torch::kFloat64);
+  sum = sum.defined() ? sum + v : v;
+}
+
+bool is_power_of_two(double x) {
+  int exponent = 0;
+  return std::isfinite(x) && x > 0 && std::frexp(x, &exponent) == 0.5;
 }
 
 }  // namespace
 
 void FusedOptimizer::adamw_step(torch::Tensor& p, const torch::Tensor& grad, AdamWState& s, const AdamWOptions& o,
-                                double lr, AdamWKernel kernel) {
+                                double lr, AdamWKernel kernel, const torch::Tensor& found_inf) {
   torch::NoGradGuard no_grad;
+  const bool fused = resolve(kernel, p) == AdamWKernel::kFused;
+  if (found_inf.defined() && !fused) throw Error("FusedOptimizer::adamw_step: found_inf needs the fused kernel");
   if (!s.exp_avg.defined()) {
     s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Preserve);
     s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Preserve);
-    s.step = torch::zeros({}, torch::dtype(torch::kFloat32).device(kernel == AdamWKernel::kFused ? p.device() : torch::kCPU));
+    s.step = torch::zeros({}, torch::dtype(torch::kFloat32).device(fused ? p.device() : torch::kCPU));
   }
-  if (resolve(kernel, p) == AdamWKernel::kFused) {
+  if (fused) {
     if (s.step.device() != p.device()) s.step = s.step.to(p.device());
+    // torch.optim's _fused_adamw: the kernel reads the step count (for the bias
+    // corrections) but does not advance it; the caller adds 1 before and takes the overflow
+    // flag back off after, so a skipped update leaves the count where it was.
+    s.step.add_(1);
     at::_fused_adamw_({p}, {grad}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, o.beta1, o.beta2, o.weight_decay,
-                      o.eps, /*amsgrad=*/false, /*maximize=*/false);
+                      o.eps, /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt,
+                      found_inf.defined() ? std::optional<torch::Tensor>(found_inf) : std::nullopt);
+    if (found_inf.defined()) s.step.sub_(found_inf);
     return;
   }
   // torch.optim.adam._single_tensor_adam with decoupled weight decay, op for op.
@@ -141,16 +165,31 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   check_float32(i);
   stepped_at_[i] = global_step_;
   sync_backward_seen_ = true;
+  ++handled_;
   torch::NoGradGuard no_grad;
   if (options_.grad_reducer) options_.grad_reducer(grad);
-  if (!unscale_finite(grad)) {
-    ++skipped_;
-    grad.reset();
-    return;
+  torch::Tensor found;  // loss scaling: 1 when this gradient overflowed
+  if (options_.loss_scaling.enabled) {
+    found = unscale({grad});
+    if (!skips_on_device(i)) {
+      // The kernel cannot skip by itself: decide here (a memory read on CPU).
+      if (found.item<float>() != 0) {
+        ++skipped_;
+        grad.reset();
+        return;
+      }
+      found = torch::Tensor();
+    } else {
+      add_to(found_count_, found);
+    }
   }
-  add_square(sq_norm_, clip_grad_norm_(grad, options_.max_grad_norm));  // <= 0: measured only
-  update(i, p, grad);
+  add_square(sq_norm_, clip_grad_norm_(grad, options_.max_grad_norm), found);  // <= 0: measured only
+  update(i, p, grad, found);
   grad.reset();  // free the gradient now
+}
+
+bool FusedOptimizer::skips_on_device(std::size_t i) const {
+  return !options_.use_8bit_adam && resolve(options_.kernel, params_[i].second) == AdamWKernel::kFused;
 }
 
 void FusedOptimizer::check_float32(std::size_t i) const {
@@ -161,20 +200,51 @@ void FusedOptimizer::check_float32(std::size_t i) const {
   }
 }
 
-bool FusedOptimizer::unscale_finite(torch::Tensor& grad) const {
-  if (!options_.loss_scaling.enabled) return true;
-  grad.mul_(1.0 / scale_);  // exact: the scale is a power of two
-  return torch::isfinite(grad).all().item<bool>();
+torch::Tensor FusedOptimizer::unscale(const std::vector<torch::Tensor>& grads) {
+  const auto device = grads.front().device();
+  if (!inv_scale_.defined() || inv_scale_.device() != device) {
+    inv_scale_ = torch::full({}, 1.0 / scale_, torch::dtype(torch::kFloat32).device(device));  // exact: a power of two
+  }
+  auto found = torch::zeros({}, torch::dtype(torch::kFloat32).device(device));
+  // GradScaler's kernel: grads *= inv_scale, found = 1 if any element is inf or NaN.
+  at::_amp_foreach_non_finite_check_and_unscale_(grads, found, inv_scale_);
+  return found;
 }
 
-void FusedOptimizer::update(std::size_t i, torch::Tensor& p, const torch::Tensor& grad) {
-  const double lr = options_.lr_at(global_step_);
+void FusedOptimizer::set_loss_scale(double scale, int64_t growth_tracker) {
+  if (!options_.loss_scaling.enabled) throw Error("FusedOptimizer: set_loss_scale, but loss scaling is off");
+  if (!is_power_of_two(scale)) {
+    throw Error(fmt::format("FusedOptimizer: loss scale {} is not a positive power of two", scale));
+  }
+  scale_ = scale;
+  growth_tracker_ = growth_tracker;
+  inv_scale_ = torch::Tensor();
+}
+
+void FusedOptimizer::set_global_step(int64_t step) {
+  global_step_ = step;
+  schedule_step_ = step;
+  std::fill(stepped_at_.begin(), stepped_at_.end(), -1);
+  sync_backward_seen_ = false;
+  sq_norm_ = found_count_ = torch::Tensor();
+  handled_ = skipped_ = 0;
+}
+
+void FusedOptimizer::set_schedule_step(int64_t step) {
+  if (step < 0 || step > global_step_) {
+    throw Error(fmt::format("FusedOptimizer: schedule step {} is outside [0, global step {}]", step, global_step_));
+  }
+  schedule_step_ = step;
+}
+
+void FusedOptimizer::update(std::size_t i, torch::Tensor& p, const torch::Tensor& grad, const torch::Tensor& found_inf) {
+  const double lr = options_.lr_at(schedule_step_);
   if (options_.use_8bit_adam) {
     if (!states8_[i]) states8_[i] = std::make_unique<AdamW8bitState>(p, params_[i].first);
     const auto& a = options_.adamw;
     states8_[i]->step(p, grad, AdamWHyper{lr, a.beta1, a.beta2, a.eps, a.weight_decay}, ++steps8_[i]);
   } else {
-    adamw_step(p, grad, states_[i], options_.adamw, lr, options_.kernel);
+    adamw_step(p, grad, states_[i], options_.adamw, lr, options_.kernel, found_inf);
   }
 }
 
@@ -197,12 +267,18 @@ void FusedOptimizer::classic_step() {
   const auto drop_grads = [&] {
     for (auto i : with_grad) params_[i].second.mutable_grad().reset();
   };
-  bool finite = true;
-  for (auto& g : grads) finite = unscale_finite(g) && finite;
-  if (!finite) {  // GradScaler: the whole step is skipped
-    skipped_ += static_cast<int64_t>(grads.size());
-    drop_grads();
-    return;
+  handled_ += static_cast<int64_t>(grads.size());
+  if (options_.loss_scaling.enabled) {
+    // GradScaler.unscale_: one check per device, one host read for the whole step.
+    std::map<std::string, std::vector<torch::Tensor>> by_device;
+    for (const auto& g : grads) by_device[g.device().str()].push_back(g);
+    bool finite = true;
+    for (auto& [device, list] : by_device) finite = unscale(list).item<float>() == 0 && finite;
+    if (!finite) {  // GradScaler: the whole step is skipped
+      skipped_ += static_cast<int64_t>(grads.size());
+      drop_grads();
+      return;
+    }
   }
   add_square(sq_norm_, clip_grad_norms_(grads, options_.max_grad_norm));  // the global norm
   for (std::size_t k = 0; k < with_grad.size(); ++k) update(with_grad[k], params_[with_grad[k]].second, grads[k]);
@@ -210,12 +286,19 @@ void FusedOptimizer::classic_step() {
 }
 
 int64_t FusedOptimizer::finish_step() {
+  if (!sync_) {
+    // The hooks took no step in a non-sync backward; ending the step here would advance the
+    // schedule with nothing updated and leave the window's gradients behind.
+    throw Error(fmt::format("FusedOptimizer: finish_step() at step {} after a backward pass that was not a sync "
+                            "micro-batch: call set_sync(true) before the backward pass of the last micro-batch of "
+                            "the window", global_step_));
+  }
   // Tensors whose hook did not fire on the sync micro-batch (not in its graph) but that
   // accumulated a gradient earlier in the window: step them now rather than carry the
   // gradient into the next window.
-  if (sync_ && options_.classic) {
+  if (options_.classic) {
     classic_step();
-  } else if (sync_) {
+  } else {
     for (std::size_t i = 0; i < params_.size(); ++i) {
       auto& p = params_[i].second;
       if (p.requires_grad() && p.grad().defined() && stepped_at_[i] != global_step_) on_grad(i, p);
@@ -226,24 +309,41 @@ int64_t FusedOptimizer::finish_step() {
                  "nothing was updated", global_step_);
   }
   sync_backward_seen_ = false;
+  // The step's device-side statistics, in one transfer: the squared norm and the overflow
+  // count of the tensors that skip on the device.
+  double sq_norm = 0.0;
+  if (sq_norm_.defined() || found_count_.defined()) {
+    const auto on = sq_norm_.defined() ? sq_norm_.device() : found_count_.device();
+    const auto zero = torch::zeros({}, torch::dtype(torch::kFloat64).device(on));
+    const auto both = torch::stack({sq_norm_.defined() ? sq_norm_ : zero,
+                                    found_count_.defined() ? found_count_.to(on) : zero})
+                          .to(torch::kCPU);
+    sq_norm = both[0].item<double>();
+    skipped_ += static_cast<int64_t>(both[1].item<double>());
+  }
   const auto& ls = options_.loss_scaling;
   if (ls.enabled) {
     if (skipped_ > 0) {
       scale_ *= ls.backoff_factor;
       growth_tracker_ = 0;
+      inv_scale_ = torch::Tensor();
     } else if (++growth_tracker_ == ls.growth_interval) {
       scale_ *= ls.growth_factor;
       growth_tracker_ = 0;
+      inv_scale_ = torch::Tensor();
     }
   }
+  // accelerate steps the lr scheduler only when the optimizer stepped: a step whose every
+  // gradient overflowed (GradScaler skipped it) leaves the schedule where it was.
+  if (!(handled_ > 0 && skipped_ == handled_)) ++schedule_step_;
   last_skipped_ = skipped_;
-  skipped_ = 0;
-  last_grad_norm_ = sq_norm_.defined() ? std::sqrt(sq_norm_.item<double>()) : 0.0;
-  sq_norm_ = torch::Tensor();
+  skipped_ = handled_ = 0;
+  last_grad_norm_ = std::sqrt(sq_norm);
+  sq_norm_ = found_count_ = torch::Tensor();
   return ++global_step_;
 }
 
-double FusedOptimizer::current_lr() const { return options_.lr_at(global_step_); }
+double FusedOptimizer::current_lr() const { return options_.lr_at(schedule_step_); }
 
 void FusedOptimizer::drop_state(const std::string& name) {
   const auto i = index_.at(name);
@@ -304,18 +404,33 @@ std::vector<std::pair<std::string, torch::Tensor>> FusedOptimizer::state_tensors
 void FusedOptimizer::load_state_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                                         const std::string& source) {
   std::map<std::string, std::map<std::string, torch::Tensor>> by_param;
+  std::optional<double> scale;
+  std::optional<int64_t> tracker;
   for (const auto& [key, t] : tensors) {
     const auto slash = key.find('/');
     if (slash == std::string::npos) throw Error(source, tensor_key(key), "not an optimizer state name (<param>/<field>)");
     const auto param = key.substr(0, slash);
     if (param == kScalerKey) {
-      if (key == std::string(kScalerKey) + "/scale") scale_ = t.item<double>();
-      else if (key == std::string(kScalerKey) + "/growth_tracker") growth_tracker_ = t.item<int64_t>();
-      else throw Error(source, tensor_key(key), "unknown loss scaler field");
+      if (!options_.loss_scaling.enabled) {
+        throw Error(source, tensor_key(key),
+                    "holds a loss scale (an fp16 run), but this run does not scale the loss: resume with "
+                    "mixed precision fp16");
+      }
+      if (key == std::string(kScalerKey) + "/scale") {
+        scale = t.item<double>();
+        if (!is_power_of_two(*scale)) throw Error(source, tensor_key(key), fmt::format("{} is not a power of two", *scale));
+      } else if (key == std::string(kScalerKey) + "/growth_tracker") {
+        tracker = t.item<int64_t>();
+      } else {
+        throw Error(source, tensor_key(key), "unknown loss scaler field");
+      }
       continue;
     }
     if (!index_.count(param)) throw Error(source, tensor_key(key), "state for a parameter this optimizer does not have");
     by_param[param][key.substr(slash + 1)] = t;
+  }
+  if (options_.loss_scaling.enabled && (!scale || !tracker)) {
+    throw Error(source, "holds no loss scale (not an fp16 run), but this run scales the loss (mixed precision fp16)");
   }
   for (std::size_t i = 0; i < params_.size(); ++i) {
     states_[i] = AdamWState{};
@@ -341,9 +456,12 @@ void FusedOptimizer::load_state_tensors(const std::vector<std::pair<std::string,
           throw Error(source, tensor_key(param + "/" + f), "shape differs from the parameter's");
         }
       }
+      // The moments take the parameter's layout: the fused kernel walks all three tensors in
+      // one memory order, so contiguous moments of a channels_last weight would pair the
+      // wrong elements.
       AdamWState st;
-      st.exp_avg = fields.at("exp_avg").to(p.device(), p.scalar_type()).clone();
-      st.exp_avg_sq = fields.at("exp_avg_sq").to(p.device(), p.scalar_type()).clone();
+      st.exp_avg = torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(fields.at("exp_avg"));
+      st.exp_avg_sq = torch::empty_like(p, torch::MemoryFormat::Preserve).copy_(fields.at("exp_avg_sq"));
       st.step = fields.at("step").to(torch::kFloat32).clone();
       states_[i] = std::move(st);
     } else {
@@ -358,6 +476,11 @@ void FusedOptimizer::load_state_tensors(const std::vector<std::pair<std::string,
       }
       states8_[i] = std::make_unique<AdamW8bitState>(AdamW8bitState::from_state_tensors(p, eight, source, param));
     }
+  }
+  if (scale) {
+    scale_ = *scale;
+    growth_tracker_ = *tracker;
+    inv_scale_ = torch::Tensor();
   }
 }
 

@@ -44,12 +44,17 @@ enum class AdamWKernel {
 
 // Dynamic loss scaling for fp16 training, compatible with fused steps (GradScaler's
 // constants). The loop multiplies the loss by loss_scale() before backward. Each hook
-// unscales its tensor's gradient and checks it: a non-finite gradient skips *that tensor's*
-// update (earlier tensors of the same backward pass have already stepped with finite
-// gradients: a fused step cannot be undone, which is the documented difference from
-// GradScaler's all-or-nothing step); finish_step() then halves the scale. After
-// growth_interval clean steps the scale doubles. Scales are powers of two, so unscaling is
-// exact: without overflow a scaled run equals an unscaled one bit for bit.
+// unscales its tensor's gradient and checks it (ATen's _amp_foreach_non_finite_check_and_unscale_,
+// as GradScaler): a non-finite gradient skips *that tensor's* update (earlier tensors of the
+// same backward pass have already stepped with finite gradients: a fused step cannot be
+// undone, which is the documented difference from GradScaler's all-or-nothing step);
+// finish_step() then halves the scale. After growth_interval clean steps the scale doubles.
+// Scales are powers of two, so unscaling is exact: without overflow a scaled run equals an
+// unscaled one bit for bit.
+// The per-tensor overflow flag stays on the device where the kernel can act on it (kFused:
+// _fused_adamw_'s found_inf skips the update inside the kernel) and is read once per step in
+// finish_step(), with the gradient norms; the kSingle and 8-bit kernels read it per tensor
+// (free on CPU, one device synchronisation per tensor on CUDA).
 struct LossScaling {
   bool enabled = false;
   double init_scale = 65536.0;
@@ -104,16 +109,29 @@ class FusedOptimizer {
   // Tensors that still hold a gradient (they require grad but were not in the sync
   // micro-batch's graph, so their hook did not fire) are stepped here, as a classic
   // optimizer would. Returns the new global step. Also resets the per-step statistics.
+  // Throws lisadiff::Error when the last backward pass was not a sync one (set_sync(false)):
+  // nothing was updated, and ending the step there would skip the window's update.
   int64_t finish_step();
 
   int64_t global_step() const { return global_step_; }
   // Multiply the loss by this before backward (1 unless loss scaling is on).
   double loss_scale() const { return scale_; }
-  void set_loss_scale(double scale, int64_t growth_tracker) { scale_ = scale, growth_tracker_ = growth_tracker; }
+  bool loss_scaling() const { return options_.loss_scaling.enabled; }
+  // Throws lisadiff::Error when loss scaling is off (the scale must stay 1) or the scale is
+  // not a positive power of two (unscaling would no longer be exact).
+  void set_loss_scale(double scale, int64_t growth_tracker);
   int64_t growth_tracker() const { return growth_tracker_; }
   // Tensors whose update the last step skipped for a non-finite gradient.
   int64_t last_skipped_tensors() const { return last_skipped_; }
-  void set_global_step(int64_t step) { global_step_ = step; }
+  // Sets the global step (a resume) and the schedule's step to `step`, and forgets every
+  // per-step record of the run so far (which tensor stepped at which step, the statistics
+  // of a step in progress): an optimizer that already trained continues as a fresh resume.
+  void set_global_step(int64_t step);
+  // The step the lr schedule is at: the global step minus the steps that overflow skipped
+  // entirely (accelerate does not advance the scheduler when GradScaler skipped the
+  // optimizer step). lr_at(schedule_step()) is the lr of the next update.
+  int64_t schedule_step() const { return schedule_step_; }
+  void set_schedule_step(int64_t step);
   double current_lr() const;  // the lr the next update uses
 
   // Statistics of the step in progress / just finished (before finish_step resets them):
@@ -130,23 +148,32 @@ class FusedOptimizer {
   // "<param>/step" (fp32 moments) or "<param>/8bit/<name>" and "<param>/8bit/step".
   std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const;
   // Replaces all state by the one in `tensors` (as state_tensors() wrote it); `source`
-  // names the file in errors.
+  // names the file in errors. Moments take the memory layout of their parameter
+  // (channels_last stays channels_last). A file with a loss scale is refused when loss
+  // scaling is off, and one without it when loss scaling is on (an fp16 run resumed
+  // without fp16, or the other way round).
   void load_state_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& source);
   const std::vector<std::pair<std::string, torch::Tensor>>& params() const { return params_; }
 
   // The AdamW update for one parameter, exposed for tests and for the classic (unfused)
-  // baseline: p, grad (already clipped), state (created when empty).
+  // baseline: p, grad (already clipped), state (created when empty; moments in p's memory
+  // layout). `found_inf` (kFused only): a 0-d float tensor on p's device; when it is
+  // nonzero the kernel leaves p and the state as they were (the step count included).
   static void adamw_step(torch::Tensor& p, const torch::Tensor& grad, AdamWState& state, const AdamWOptions& o,
-                         double lr, AdamWKernel kernel);
+                         double lr, AdamWKernel kernel, const torch::Tensor& found_inf = {});
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& param);
   void classic_step();
   void check_float32(std::size_t index) const;  // throws for a trained tensor that is not float32
-  // Unscales a gradient (loss scaling on) and says whether it is finite.
-  bool unscale_finite(torch::Tensor& grad) const;
-  // The AdamW (or 8-bit) update of tensor i with its prepared gradient.
-  void update(std::size_t index, torch::Tensor& param, const torch::Tensor& grad);
+  // Unscales gradients on one device in place (loss scaling on) and returns a 0-d float
+  // tensor on that device: 1 when any of them is not finite, else 0. No host transfer.
+  torch::Tensor unscale(const std::vector<torch::Tensor>& grads);
+  // Whether tensor i's kernel skips on a device flag (kFused) or needs it on the host.
+  bool skips_on_device(std::size_t index) const;
+  // The AdamW (or 8-bit) update of tensor i with its prepared gradient; `found_inf` as in
+  // adamw_step (only for tensors that skip on the device).
+  void update(std::size_t index, torch::Tensor& param, const torch::Tensor& grad, const torch::Tensor& found_inf = {});
   void remove_hooks(std::size_t count);
 
   std::vector<std::pair<std::string, torch::Tensor>> params_;
@@ -158,12 +185,15 @@ class FusedOptimizer {
   std::vector<int64_t> stepped_at_;  // global step of each tensor's last update (-1: never)
   bool sync_backward_seen_ = false;
   bool sync_ = true;
-  int64_t global_step_ = 0;
-  // Sum of squared gradient norms of the step, float64 on the gradients' device: read once in
-  // finish_step(), so the hooks never wait for the device.
-  torch::Tensor sq_norm_;
+  int64_t global_step_ = 0, schedule_step_ = 0;
+  // Sum of squared gradient norms of the step and count of tensors skipped for overflow,
+  // float64 on the gradients' device: read once in finish_step(), so the hooks never wait
+  // for the device.
+  torch::Tensor sq_norm_, found_count_;
+  int64_t handled_ = 0;  // tensors whose gradient this step took (stepped or skipped)
   double last_grad_norm_ = 0.0;
   double scale_ = 1.0;
+  torch::Tensor inv_scale_;  // 1 / scale_ as a float32 tensor on the gradients' device
   int64_t growth_tracker_ = 0, skipped_ = 0, last_skipped_ = 0;
 };
 

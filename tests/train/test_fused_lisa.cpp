@@ -3,7 +3,9 @@
 // original got wrong (lisa.md section 3).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <iostream>
+#include <limits>
 #include <set>
 
 #include "io/safetensors.h"
@@ -35,6 +37,15 @@ Named named(torch::nn::Module& m) {
 torch::nn::Sequential mlp() {
   return torch::nn::Sequential(torch::nn::Linear(8, 32), torch::nn::Tanh(), torch::nn::Linear(32, 32),
                                torch::nn::Tanh(), torch::nn::Linear(32, 1));
+}
+
+// Two MLPs with the same weights (the second drawn, then overwritten: the generator moves on
+// as if both were kept).
+std::pair<torch::nn::Sequential, torch::nn::Sequential> twin_mlps() {
+  auto a = mlp(), b = mlp();
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
+  return {a, b};
 }
 
 double lr_lambda(int64_t step) {  // the fixture's warmup 10 + linear decay to 100
@@ -72,12 +83,7 @@ TEST(FusedAdamW, MatchesTorchPythonAdamWBitForBit) {
 // Against LibTorch's own AdamW (a different implementation of the same update): 100 steps.
 TEST(FusedAdamW, MatchesLibTorchAdamW) {
   torch::manual_seed(3);
-  auto a = mlp();
-  auto b = mlp();
-  {
-    torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
-  }
+  auto [a, b] = twin_mlps();
   const auto x = torch::randn({32, 8}), y = torch::randn({32, 1});
   FusedOptimizerOptions o;
   o.adamw = {3e-3, 0.9, 0.99, 1e-8, 0.1};
@@ -101,12 +107,7 @@ TEST(FusedAdamW, MatchesLibTorchAdamW) {
 // the sum and frees it. Equals one step on the summed gradient.
 TEST(FusedAdamW, GradientAccumulationStepsOnlyOnSync) {
   torch::manual_seed(4);
-  auto a = mlp();
-  auto b = mlp();
-  {
-    torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
-  }
+  auto [a, b] = twin_mlps();
   const auto x = torch::randn({3, 16, 8}), y = torch::randn({3, 16, 1});
   FusedOptimizerOptions o;
   o.kernel = train::AdamWKernel::kSingle;
@@ -139,11 +140,7 @@ TEST(FusedAdamW, GradientAccumulationStepsOnlyOnSync) {
 // after growth_interval clean steps the scale doubles.
 TEST(FusedAdamW, LossScalingIsExactAndBacksOff) {
   torch::manual_seed(8);
-  auto a = mlp(), b = mlp();
-  {
-    torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
-  }
+  auto [a, b] = twin_mlps();
   const auto x = torch::randn({16, 8}), y = torch::randn({16, 1});
   FusedOptimizerOptions plain, scaled;
   scaled.loss_scaling.enabled = true;
@@ -530,6 +527,224 @@ TEST(Lisa, SmallModelsWorkWithTheDefaultRate) {
   torch::nn::Linear a(2, 2);  // 2 tensors, both always on: 8 / 2 would be a rate of 4
   Lisa lisa(*a, {}, {});
   EXPECT_EQ(lisa.active_names().size(), 2u);
+}
+
+// ATen's _fused_adamw_ reads the step count but does not advance it (torch.optim adds 1
+// around the call): the kFused kernel must count steps itself, or its first bias
+// correction divides by zero. It agrees with the single-tensor path to float rounding.
+TEST(FusedAdamW, FusedKernelCountsStepsAndAgreesWithTheSingleTensorPath) {
+  torch::manual_seed(12);
+  auto [a, b] = twin_mlps();
+  const auto x = torch::randn({16, 8}), y = torch::randn({16, 1});
+  FusedOptimizerOptions single, fused;
+  single.kernel = train::AdamWKernel::kSingle;
+  fused.kernel = train::AdamWKernel::kFused;
+  single.adamw.lr = fused.adamw.lr = 1e-2;
+  FusedOptimizer oa(named(*a), single), ob(named(*b), fused);
+  for (int s = 0; s < 6; ++s) {
+    torch::mse_loss(a->forward(x), y).backward();
+    oa.finish_step();
+    torch::mse_loss(b->forward(x), y).backward();
+    ob.finish_step();
+  }
+  for (const auto& [name, p] : named(*b)) {
+    ASSERT_NE(ob.state(name), nullptr) << name;
+    EXPECT_EQ(ob.state(name)->step.item<float>(), 6.0f) << name;
+  }
+  const auto pa = a->parameters(), pb = b->parameters();
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    // Both compute AdamW in float32; the fused kernel orders the operations differently.
+    EXPECT_TRUE(close_tensor("parameter " + std::to_string(i), pb[i], pa[i], 1e-6, 1e-5));
+  }
+}
+
+// fp16 loss scaling with the fused kernel: the per-tensor overflow flag stays on the device
+// and the kernel skips the update (weights, moments and step count unchanged); the flags are
+// read once in finish_step, which counts the skipped tensor and halves the scale.
+TEST(FusedAdamW, FusedKernelSkipsAnOverflowingTensorOnTheDevice) {
+  torch::manual_seed(9);
+  auto [a, b] = twin_mlps();
+  const auto x = torch::randn({16, 8}), y = torch::randn({16, 1});
+  FusedOptimizerOptions plain, scaled;
+  plain.kernel = scaled.kernel = train::AdamWKernel::kFused;
+  scaled.loss_scaling.enabled = true;
+  FusedOptimizer pa(named(*a), plain), pb(named(*b), scaled);
+  for (int s = 0; s < 3; ++s) {  // no overflow: scaled equals unscaled bit for bit
+    torch::mse_loss(a->forward(x), y).backward();
+    pa.finish_step();
+    (torch::mse_loss(b->forward(x), y) * pb.loss_scale()).backward();
+    pb.finish_step();
+    EXPECT_EQ(pb.last_skipped_tensors(), 0);
+    EXPECT_EQ(pb.last_grad_norm(), pa.last_grad_norm());
+  }
+  for (std::size_t i = 0; i < a->parameters().size(); ++i) {
+    EXPECT_TRUE(testing::same_tensor(a->parameters()[i], b->parameters()[i])) << i;
+  }
+  const auto names = named(*b);
+  const auto& last = names.back().first;
+  const auto w_last = b->parameters().back().clone(), w_first = b->parameters()[0].clone();
+  const auto m_last = pb.state(last)->exp_avg.clone();
+  auto loss = torch::mse_loss(b->forward(x), y) * pb.loss_scale();
+  b->parameters().back().register_hook([](torch::Tensor g) { return g * std::numeric_limits<float>::infinity(); });
+  loss.backward();
+  pb.finish_step();
+  EXPECT_EQ(pb.last_skipped_tensors(), 1);
+  EXPECT_TRUE(torch::equal(b->parameters().back(), w_last));
+  EXPECT_TRUE(torch::equal(pb.state(last)->exp_avg, m_last));
+  EXPECT_EQ(pb.state(last)->step.item<float>(), 3.0f);
+  EXPECT_EQ(pb.state(names.front().first)->step.item<float>(), 4.0f);
+  EXPECT_FALSE(torch::equal(b->parameters()[0], w_first));
+  EXPECT_TRUE(std::isfinite(pb.last_grad_norm()));  // over the tensors that stepped
+  EXPECT_EQ(pb.loss_scale(), 32768.0);
+  EXPECT_EQ(pb.schedule_step(), 4);  // some tensors stepped: the schedule advances
+}
+
+// Moments loaded from a checkpoint take the parameter's memory layout: the fused kernel
+// walks weight, gradient and moments in one order, so contiguous moments of a channels_last
+// weight would pair the wrong elements.
+TEST(FusedAdamW, LoadedMomentsKeepTheParametersLayout) {
+  torch::manual_seed(2);
+  auto make = [] {
+    auto w = torch::randn({8, 4, 3, 3}).contiguous(torch::MemoryFormat::ChannelsLast);
+    w.set_requires_grad(true);
+    return w;
+  };
+  auto straight = make();
+  auto resumed = torch::empty_like(straight, torch::MemoryFormat::Preserve);
+  {
+    torch::NoGradGuard no_grad;
+    resumed.copy_(straight);
+  }
+  resumed.set_requires_grad(true);
+  const auto x = torch::randn({2, 4, 6, 6});
+  const auto loss = [&](const torch::Tensor& w) { return torch::conv2d(x, w).pow(2).mean(); };
+  FusedOptimizerOptions o;
+  o.kernel = train::AdamWKernel::kFused;
+  o.adamw.lr = 1e-2;
+  FusedOptimizer a({{"w", straight}}, o);
+  for (int s = 0; s < 3; ++s) {
+    loss(straight).backward();
+    a.finish_step();
+  }
+  {
+    torch::NoGradGuard no_grad;
+    resumed.copy_(straight);
+  }
+  FusedOptimizer b({{"w", resumed}}, o);
+  std::vector<std::pair<std::string, torch::Tensor>> saved;
+  for (const auto& [k, t] : a.state_tensors()) saved.emplace_back(k, t.contiguous());  // as a file holds them
+  b.load_state_tensors(saved, "optimizer.safetensors");
+  b.set_global_step(3);
+  EXPECT_EQ(b.state("w")->exp_avg.strides(), resumed.strides());
+  EXPECT_EQ(b.state("w")->exp_avg_sq.strides(), resumed.strides());
+  for (int s = 0; s < 3; ++s) {
+    loss(straight).backward();
+    a.finish_step();
+    loss(resumed).backward();
+    b.finish_step();
+  }
+  EXPECT_TRUE(testing::same_tensor(resumed, straight));
+}
+
+// A loss scale belongs to an fp16 run: a file with one is refused by an optimizer that does
+// not scale (every later loss would be multiplied by it and never unscaled), and the other
+// way round.
+TEST(FusedAdamW, LossScaleStateMustMatchTheRun) {
+  auto m = mlp();
+  FusedOptimizerOptions scaled, plain;
+  scaled.loss_scaling.enabled = true;
+  std::vector<std::pair<std::string, torch::Tensor>> with_scale, without_scale;
+  {
+    FusedOptimizer s(named(*m), scaled);
+    s.set_loss_scale(1024.0, 7);
+    with_scale = s.state_tensors();
+    EXPECT_THROW_WITH(s.set_loss_scale(1000.0, 0), "not a positive power of two");
+  }
+  {
+    FusedOptimizer p(named(*m), plain);
+    without_scale = p.state_tensors();
+    EXPECT_THROW_WITH(p.load_state_tensors(with_scale, "ckpt/optimizer.safetensors"), "ckpt/optimizer.safetensors",
+                      "holds a loss scale", "does not scale the loss");
+    EXPECT_EQ(p.loss_scale(), 1.0);
+    EXPECT_THROW_WITH(p.set_loss_scale(2.0, 0), "loss scaling is off");
+  }
+  FusedOptimizer s(named(*m), scaled);
+  EXPECT_THROW_WITH(s.load_state_tensors(without_scale, "ckpt/optimizer.safetensors"), "holds no loss scale",
+                    "scales the loss");
+  s.load_state_tensors(with_scale, "ckpt/optimizer.safetensors");
+  EXPECT_EQ(s.loss_scale(), 1024.0);
+  EXPECT_EQ(s.growth_tracker(), 7);
+}
+
+// accelerate does not step the lr scheduler when GradScaler skipped the optimizer step: a
+// classic fp16 step whose gradients overflow leaves the schedule where it was.
+TEST(FusedAdamW, ClassicOverflowDoesNotAdvanceTheSchedule) {
+  auto m = mlp();
+  FusedOptimizerOptions o;
+  o.classic = true;
+  o.loss_scaling.enabled = true;
+  o.lr_at = [](int64_t s) { return 1e-3 * static_cast<double>(s + 1); };
+  FusedOptimizer opt(named(*m), o);
+  const auto x = torch::randn({16, 8}), y = torch::randn({16, 1});
+  (torch::mse_loss(m->forward(x), y) * std::numeric_limits<float>::infinity()).backward();
+  EXPECT_EQ(opt.finish_step(), 1);
+  EXPECT_EQ(opt.last_skipped_tensors(), static_cast<int64_t>(m->parameters().size()));
+  EXPECT_EQ(opt.schedule_step(), 0);
+  EXPECT_EQ(opt.current_lr(), 1e-3);  // lr(0): the next update is the first one
+  (torch::mse_loss(m->forward(x), y) * opt.loss_scale()).backward();
+  EXPECT_EQ(opt.finish_step(), 2);
+  EXPECT_EQ(opt.schedule_step(), 1);
+  EXPECT_EQ(opt.current_lr(), 2e-3);
+  opt.set_global_step(2);  // a resume sets both, then the saved schedule step
+  opt.set_schedule_step(1);
+  EXPECT_EQ(opt.schedule_step(), 1);
+  EXPECT_THROW_WITH(opt.set_schedule_step(3), "schedule step 3");
+}
+
+// The drop-in API: ending a step after a backward pass that was not the window's sync one
+// would advance the step with nothing updated; it is an error instead.
+TEST(FusedAdamW, FinishStepAfterANonSyncBackwardIsAnError) {
+  auto m = mlp();
+  FusedOptimizer opt(named(*m), {});
+  opt.set_sync(false);
+  torch::mse_loss(m->forward(torch::randn({4, 8})), torch::randn({4, 1})).backward();
+  EXPECT_THROW_WITH(opt.finish_step(), "not a sync micro-batch", "set_sync(true)");
+  EXPECT_EQ(opt.global_step(), 0);
+  opt.set_sync(true);
+  torch::mse_loss(m->forward(torch::randn({4, 8})), torch::randn({4, 1})).backward();
+  EXPECT_EQ(opt.finish_step(), 1);
+  EXPECT_FALSE(m->parameters()[0].grad().defined());
+
+  auto n = mlp();
+  LisaOptions lo;
+  lo.n_active = 1;
+  Lisa lisa(*n, lo, {});
+  lisa.set_sync(false);
+  n->forward(torch::randn({4, 8})).pow(2).mean().backward();
+  EXPECT_THROW_WITH(lisa.step(), "not a sync micro-batch");
+  EXPECT_EQ(lisa.optimizer().global_step(), 0);
+}
+
+// Loading a checkpoint into an optimizer that already trained: the per-tensor record of the
+// steps taken is forgotten, so the steps after the load are a fresh resume (not an error
+// about a tensor stepped twice in one step).
+TEST(FusedAdamW, SetGlobalStepBackwardsForgetsTheStepsTaken) {
+  auto m = mlp();
+  FusedOptimizer opt(named(*m), {});
+  const auto x = torch::randn({4, 8}), y = torch::randn({4, 1});
+  auto first = m->parameters()[0];
+  for (int s = 0; s < 4; ++s) {
+    first.set_requires_grad(s < 3);  // the first tensor last stepped at step 2, the others at 3
+    torch::mse_loss(m->forward(x), y).backward();
+    opt.finish_step();
+  }
+  first.set_requires_grad(true);
+  opt.set_global_step(2);
+  for (int s = 0; s < 2; ++s) {
+    torch::mse_loss(m->forward(x), y).backward();
+    EXPECT_NO_THROW(opt.finish_step());
+  }
+  EXPECT_EQ(opt.global_step(), 4);
 }
 
 // The drop-in example learns its task with only a few tensors active at a time.
