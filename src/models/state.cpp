@@ -120,6 +120,9 @@ LoadReport load_parameters(torch::nn::Module& module, const std::vector<std::fil
     item.value().copy_(value);  // converts dtype and device
     ++report.loaded;
   }
+  if (options.frozen) {
+    for (const auto& item : params) item.value().set_requires_grad(false);
+  }
   return report;
 }
 

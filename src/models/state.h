@@ -40,6 +40,11 @@ struct LoadOptions {
   // Tolerate keys the model has and the files lack (the LCM student's cond_proj); they keep
   // their current values. Every such key is logged.
   bool allow_missing = false;
+  // A model that never trains (a teacher, a target or a reference UNet beside the trained
+  // one): every parameter gets requires_grad = false, so a forward pass through it records
+  // no gradient for its weights. With `dtype` kHalf/kBFloat16 it is also stored in half
+  // precision (the scripts' weight_dtype).
+  bool frozen = false;
 };
 
 struct LoadReport {

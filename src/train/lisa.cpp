@@ -263,10 +263,7 @@ void Lisa::activate_units(const std::vector<std::size_t>& units) {
     }
   }
   active_ = units;
-  for (std::size_t u = 0; u < all.size(); ++u) {
-    if (all[u].always_on) ++counts_[u];
-  }
-  for (auto u : units) ++counts_[u];
+  drawn_at_ = optimizer_.global_step();
 }
 
 void Lisa::recall() {
@@ -279,9 +276,30 @@ void Lisa::recall() {
   spdlog::debug("LISA active tensors: {}", fmt::join(names, ", "));
 }
 
-int64_t Lisa::step() {
+int64_t Lisa::finish_step() {
   const int64_t step = optimizer_.finish_step();
-  if (step % options_.interval == 0) recall();
+  if (step - 1 == drawn_at_) {
+    // The set's first step is done: now it counts as trained.
+    const auto& all = sampler_.units();
+    for (std::size_t u = 0; u < all.size(); ++u) {
+      if (all[u].always_on) ++counts_[u];
+    }
+    for (auto u : active_) ++counts_[u];
+    ++sets_trained_;
+  }
+  return step;
+}
+
+bool Lisa::redraw_if_due() {
+  const int64_t step = optimizer_.global_step();
+  if (step % options_.interval != 0 || drawn_at_ == step) return false;
+  recall();
+  return true;
+}
+
+int64_t Lisa::step() {
+  const int64_t step = finish_step();
+  redraw_if_due();
   return step;
 }
 
@@ -315,7 +333,14 @@ nlohmann::json Lisa::state() const {
           {"unit_kind", options_.unit == LisaUnit::kTensor ? "tensor" : "block"},
           {"n_active", sampler_.n_active()},
           {"first_unit", sampler_.units().front().name},
-          {"last_unit", sampler_.units().back().name}};
+          {"last_unit", sampler_.units().back().name},
+          {"drawn_at", drawn_at_},
+          {"sets_trained", sets_trained_},
+          // The settings that decide the sequence of sets and what happens at a re-draw.
+          {"interval", options_.interval},
+          {"sampling", options_.sampling == LisaSampling::kUniform ? "uniform" : "weighted"},
+          {"always_on", options_.always_on},
+          {"keep_state", options_.keep_state}};
 }
 
 void Lisa::load_state(const nlohmann::json& state) {
@@ -335,6 +360,21 @@ void Lisa::load_state(const nlohmann::json& state) {
       fail(fmt::format("saved with {} active units, this run draws {}", state.at("n_active").get<int64_t>(),
                        sampler_.n_active()));
     }
+    const auto differs = [&](const char* key, const std::string& saved, const std::string& now) {
+      if (saved != now) fail(fmt::format("saved with lisa_{} {}, this run has {}: resume with the same value", key, saved, now));
+    };
+    differs("interval", std::to_string(state.at("interval").get<int64_t>()), std::to_string(options_.interval));
+    differs("sampling", state.at("sampling").get<std::string>(),
+            options_.sampling == LisaSampling::kUniform ? "uniform" : "weighted");
+    const auto patterns = [](const std::vector<std::string>& p) {
+      return p.empty() ? std::string("[] (first and last tensor)") : nlohmann::json(p).dump();
+    };
+    differs("always_on", patterns(state.at("always_on").get<std::vector<std::string>>()), patterns(options_.always_on));
+    differs("keep_state", state.at("keep_state").get<bool>() ? "true" : "false", options_.keep_state ? "true" : "false");
+    const int64_t step = state.at("global_step").get<int64_t>();
+    const int64_t drawn_at = state.at("drawn_at").get<int64_t>();
+    const int64_t sets_trained = state.at("sets_trained").get<int64_t>();
+    if (drawn_at < 0 || drawn_at > step) fail(fmt::format("drawn_at {} is outside [0, global step {}]", drawn_at, step));
     auto counts = state.at("activation_counts").get<std::vector<int64_t>>();
     auto active = state.at("active_units").get<std::vector<std::size_t>>();
     if (counts.size() != units.size()) fail("activation_counts has the wrong length");
@@ -346,9 +386,11 @@ void Lisa::load_state(const nlohmann::json& state) {
     }
     if (static_cast<int64_t>(active.size()) != sampler_.n_active()) fail("active_units has the wrong size");
     sampler_.load_state(state.at("sampler"));
-    optimizer_.set_global_step(state.at("global_step").get<int64_t>());
-    activate_units(active);  // counts the set once more; the saved counts replace them below
+    optimizer_.set_global_step(step);
+    activate_units(active);
+    drawn_at_ = drawn_at;
     counts_ = std::move(counts);
+    sets_trained_ = sets_trained;
   } catch (const nlohmann::json::exception& e) {
     fail(std::string("malformed: ") + e.what());
   }

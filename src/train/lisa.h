@@ -13,11 +13,17 @@
 //   lisadiff::train::LisaOptions lisa;            // n_active / rate, interval, seed, ...
 //   lisadiff::train::FusedOptimizerOptions opt;   // AdamW hyper-parameters, lr schedule, clipping
 //   lisadiff::train::Lisa trainer(*model, lisa, opt);   // installs the hooks, draws the first set
-//   for (...) {
-//     auto loss = loss_fn(model->forward(x), y);
-//     loss.backward();    // the active parameters are updated in here
+//   for (...) {                                   // one optimizer step of A micro-batches
+//     for (int k = 0; k < A; ++k) {
+//       trainer.set_sync(k == A - 1);             // the last backward of the window steps
+//       loss_fn(model->forward(x[k]), y[k]).backward();   // ... the active tensors, in here
+//     }
 //     trainer.step();     // ends the optimizer step; re-draws every `interval` steps
 //   }
+//
+// step() = finish_step() + redraw_if_due(). Work that must see the set that just trained
+// (an EMA update, a checkpoint) goes between the two; the Trainer calls redraw_if_due() at
+// the start of each step, so the last step never draws a set that would not train.
 #pragma once
 
 #include <cstdint>
@@ -123,8 +129,14 @@ class Lisa {
 
   // Whether the next backward pass ends an accumulation window.
   void set_sync(bool sync) { optimizer_.set_sync(sync); }
-  // After the backward pass of a sync micro-batch: completes the optimizer step and, every
-  // `interval` steps, re-draws. Returns the global optimizer step.
+  // After the backward pass of a sync micro-batch: completes the optimizer step (counting the
+  // active set as trained on its first step) and returns the global optimizer step. Throws
+  // lisadiff::Error after a non-sync backward pass (FusedOptimizer::finish_step).
+  int64_t finish_step();
+  // Re-draws when a multiple of `interval` steps is done and the active set was drawn
+  // before that step; returns whether it did. Call before the forward pass of a step.
+  bool redraw_if_due();
+  // finish_step() then redraw_if_due(): the drop-in loop's one call per optimizer step.
   int64_t step();
   // Re-draw now: freeze the old set (dropping its optimizer state unless keep_state),
   // activate the always-on units and a new draw.
@@ -139,9 +151,17 @@ class Lisa {
   std::vector<std::string> active_names() const;  // active parameter names
   int64_t active_parameters() const;              // elements that train now
   int64_t total_parameters() const;
-  const std::vector<int64_t>& activation_counts() const { return counts_; }  // per unit
+  // Per unit: how many active sets it was part of that trained at least one step (a set
+  // drawn and never trained, e.g. when a run stops right after a draw, is not counted).
+  const std::vector<int64_t>& activation_counts() const { return counts_; }
+  int64_t sets_trained() const { return sets_trained_; }  // active sets that trained
+  int64_t drawn_at() const { return drawn_at_; }          // global step the active set was drawn at
 
-  nlohmann::json state() const;  // sampler state, active units, counts, global step
+  // Sampler state, active units, counts, global step, the step the set was drawn at, and
+  // the options a resume must share (unit kind and count, n_active, interval, sampling,
+  // always-on patterns, keep_state).
+  nlohmann::json state() const;
+  // Throws lisadiff::Error naming the first setting that differs from the saved one.
   void load_state(const nlohmann::json& state);
 
  private:
@@ -151,6 +171,8 @@ class Lisa {
   FusedOptimizer optimizer_;
   std::vector<std::size_t> active_;
   std::vector<int64_t> counts_;
+  int64_t drawn_at_ = 0;
+  int64_t sets_trained_ = 0;
   std::vector<bool> keep_fp32_;  // per parameter: exempt from frozen_dtype
 };
 

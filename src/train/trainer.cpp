@@ -6,7 +6,9 @@
 
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
@@ -21,7 +23,9 @@ namespace {
 
 constexpr const char* kWeightsName = "diffusion_pytorch_model.safetensors";
 constexpr const char* kStateName = "training_state.json";
-constexpr int kStateFormat = 1;
+// 2: the LISA set of a checkpoint is the one that trained up to its step (format 1 held the
+// next one), and the state records what a resume must match.
+constexpr int kStateFormat = 2;
 
 std::string dtype_name(const std::optional<torch::ScalarType>& d) {
   if (!d || *d == torch::kFloat32) return "fp32";
@@ -266,8 +270,8 @@ TrainedModel trained_unet(const models::UNet2DConditionModel& unet) {
   TrainedModel m;
   m.name = "unet";
   m.module = unet.ptr();
-  m.config = unet->config.to_json();
   auto impl = unet.ptr();
+  m.config = [impl] { return impl->config.to_json(); };
   m.set_gradient_checkpointing = [impl](bool on) { impl->set_gradient_checkpointing(on); };
   return m;
 }
@@ -301,6 +305,7 @@ AutocastScope::~AutocastScope() {
 Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(model)), options_(std::move(options)) {
   options_.validate();
   if (!model_.module) throw Error("Trainer: no model");
+  if (!model_.config) throw Error("Trainer: model '" + model_.name + "' has no config function");
   auto& module = *model_.module;
   const auto params = module.named_parameters(/*recurse=*/true);
   if (params.is_empty()) throw Error("Trainer: the model has no parameters");
@@ -347,6 +352,8 @@ Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(
     }
   }
   if (options_.use_ema) ema_ = std::make_unique<EMA>(trainable_, options_.ema);
+  model_params_ = named_parameters(module);
+  for (const auto& [name, p] : trainable_) owned_.insert(p.unsafeGetTensorImpl());
   metrics_ = MetricsWriter(options_.output_dir, options_.main_process);
   spdlog::info("{}: {} of {} ({} tensors can train, {} parameters train now), {} steps x {} micro-batches, "
                "mixed precision {}, frozen weights {}",
@@ -375,6 +382,63 @@ int64_t Trainer::active_parameters() const {
   return n;
 }
 
+void Trainer::check_model_unchanged(const char* when) const {
+  const auto now = named_parameters(*model_.module);
+  const auto fail = [&](const std::string& what) {
+    throw Error(fmt::format("Trainer ({}): the parameters of {} changed after the Trainer was built ({}); build the "
+                            "Trainer after changing the model (e.g. after replacing conv_in), so that it hooks, "
+                            "trains and saves the tensors the model uses",
+                            when, model_.name, what));
+  };
+  for (std::size_t i = 0; i < std::min(now.size(), model_params_.size()); ++i) {
+    const auto& [name, p] = now[i];
+    const auto& [old_name, old] = model_params_[i];
+    if (name != old_name) fail(fmt::format("parameter {} is '{}', was '{}'", i, name, old_name));
+    if (p.unsafeGetTensorImpl() != old.unsafeGetTensorImpl()) {
+      fail(fmt::format("'{}' is a new tensor of shape [{}]; the Trainer holds one of shape [{}]", name,
+                       fmt::join(p.sizes(), ", "), fmt::join(old.sizes(), ", ")));
+    }
+  }
+  if (now.size() != model_params_.size()) {
+    fail(fmt::format("{} parameter tensors, {} when it was built", now.size(), model_params_.size()));
+  }
+}
+
+void Trainer::check_graph(const torch::Tensor& loss, int64_t step, int index) const {
+  using torch::autograd::Node;
+  const auto root = loss.grad_fn();
+  if (!root) return;  // backward() itself says that the loss does not require grad
+  std::vector<Node*> stack{root.get()};
+  std::unordered_set<Node*> seen{root.get()};
+  std::vector<torch::Tensor> foreign;
+  int64_t foreign_count = 0;
+  while (!stack.empty()) {
+    Node* node = stack.back();
+    stack.pop_back();
+    if (const auto* acc = dynamic_cast<const torch::autograd::AccumulateGrad*>(node)) {
+      const auto& v = acc->variable;
+      // Empty leaves hold no gradient (the gradient-checkpoint anchor is one).
+      if (v.defined() && v.numel() > 0 && !owned_.count(v.unsafeGetTensorImpl())) {
+        ++foreign_count;
+        if (foreign.size() < 3) foreign.push_back(v);
+      }
+      continue;
+    }
+    for (const auto& edge : node->next_edges()) {
+      Node* next = edge.function.get();
+      if (next && seen.insert(next).second) stack.push_back(next);
+    }
+  }
+  if (foreign_count == 0) return;
+  std::vector<std::string> shapes;
+  for (const auto& t : foreign) shapes.push_back(fmt::format("[{}]", fmt::join(t.sizes(), ", ")));
+  throw Error(fmt::format("{}: step {} micro-batch {}: the loss depends on {} tensor(s) that require grad but are not "
+                          "trained by this run (shapes {}{}): their gradients would pile up unused. Freeze every other "
+                          "model in the forward pass (models::LoadOptions::frozen, or run it under torch::NoGradGuard)",
+                          options_.label.empty() ? "trainer" : options_.label, step, index, foreign_count,
+                          fmt::join(shapes, ", "), foreign_count > 3 ? ", ..." : ""));
+}
+
 void Trainer::write_model(const fs::path& dir) const {
   if (lora_) {
     lora_->save(dir);
@@ -382,7 +446,7 @@ void Trainer::write_model(const fs::path& dir) const {
   }
   const fs::path sub = dir / model_.name;
   fs::create_directories(sub);
-  auto json = model_.config;
+  auto json = model_.config();
   json["_diffusers_version"] = models::kDiffusersFormatVersion;
   io::write_file_atomic(sub / "config.json", json.dump(2) + "\n");
   write_float32(sub / kWeightsName, trainable_);
@@ -406,9 +470,11 @@ nlohmann::json Trainer::training_state() const {
   nlohmann::json s;
   s["format"] = kStateFormat;
   s["global_step"] = global_step();
+  s["schedule_step"] = optimizer().schedule_step();
   s["micro_batches"] = micro_count_;
   s["method"] = method_name(options_.method);
   s["model"] = model_.name;
+  s["mixed_precision"] = precision_name(options_.mixed_precision);
   s["gradient_accumulation_steps"] = options_.gradient_accumulation_steps;
   if (lisa_) s["lisa"] = lisa_->state();
   nlohmann::json parts = nlohmann::json::object();
@@ -423,7 +489,7 @@ void Trainer::write_lisa_activations(const fs::path& file) const {
   if (!lisa_) return;
   nlohmann::ordered_json j;
   j["global_step"] = global_step();
-  j["recalls"] = lisa_->sampler().draws();
+  j["sets_trained"] = lisa_->sets_trained();
   nlohmann::ordered_json units = nlohmann::ordered_json::array();
   const auto& info = lisa_->sampler().units();
   const auto& counts = lisa_->activation_counts();
@@ -436,11 +502,12 @@ void Trainer::write_lisa_activations(const fs::path& file) const {
 }
 
 fs::path Trainer::save_checkpoint() {
+  check_model_unchanged("save_checkpoint");
   if (!options_.main_process) return {};
   CheckpointManager manager(options_.output_dir, options_.checkpoints_total_limit);
   const auto path = manager.save(global_step(), [&](const fs::path& dir) {
     write_model(dir);
-    if (ema_) ema_->save_pretrained(dir / (model_.name + "_ema"), lora_ ? config::Json::object() : model_.config);
+    if (ema_) ema_->save_pretrained(dir / (model_.name + "_ema"), lora_ ? config::Json::object() : model_.config());
     save_optimizer_state(optimizer(), dir / "optimizer.safetensors");
     for (const auto& p : parts_) {
       if (p.save_files) p.save_files(dir);
@@ -471,14 +538,35 @@ void Trainer::load_checkpoint(const fs::path& dir) {
   if (!fs::exists(state_file)) throw Error(state_file.string(), "missing: not a lisadiff checkpoint");
   const auto state = config::read_json_file(state_file);
   try {
-    if (state.at("format").get<int>() != kStateFormat) {
-      throw Error(state_file.string(), fmt::format("format {} is not {}", state.at("format").get<int>(), kStateFormat));
+    const int format = state.at("format").get<int>();
+    if (format != kStateFormat) {
+      throw Error(state_file.string(), fmt::format("state format {} is not {}: written by {} lisadiff", format, kStateFormat,
+                                                   format < kStateFormat ? "an older" : "a newer"));
     }
     const auto method = state.at("method").get<std::string>();
     if (method != method_name(options_.method)) {
       throw Error(state_file.string(), "was written by a " + method + " run; this run is " + method_name(options_.method));
     }
+    const auto precision = state.at("mixed_precision").get<std::string>();
+    if (precision != precision_name(options_.mixed_precision)) {
+      // The fp16 loss scale would otherwise be applied without unscaling, or be lost.
+      throw Error(state_file.string(), fmt::format("was written with mixed_precision {}; this run has {}: resume with "
+                                                   "the same mixed precision",
+                                                   precision, precision_name(options_.mixed_precision)));
+    }
+    const int accumulation = state.at("gradient_accumulation_steps").get<int>();
+    if (accumulation != options_.gradient_accumulation_steps) {
+      throw Error(state_file.string(), fmt::format("was written with gradient_accumulation_steps {}; this run has {}: "
+                                                   "resume with the same value (the micro-batch count and the data "
+                                                   "position depend on it)",
+                                                   accumulation, options_.gradient_accumulation_steps));
+    }
     const int64_t step = state.at("global_step").get<int64_t>();
+    const int64_t schedule_step = state.at("schedule_step").get<int64_t>();
+    if (step < 0 || schedule_step < 0 || schedule_step > step) {
+      throw Error(state_file.string(),
+                  fmt::format("global_step {} / schedule_step {} are not valid", step, schedule_step));
+    }
     // The LISA set (and with it each tensor's dtype) before the weights, so that the saved
     // float32 values land in tensors of the dtype they had when saved.
     if (lisa_) {
@@ -491,6 +579,7 @@ void Trainer::load_checkpoint(const fs::path& dir) {
     read_model(dir);
     load_optimizer_state(optimizer(), dir / "optimizer.safetensors");
     optimizer().set_global_step(step);
+    optimizer().set_schedule_step(schedule_step);
     if (ema_) ema_->load_pretrained(dir / (model_.name + "_ema"));
     const auto& parts = state.at("parts");
     for (const auto& p : parts_) {
@@ -521,13 +610,16 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
   ProgressOptions po;
   po.label = options_.label;
   po.enabled = options_.main_process;
+  check_model_unchanged("train");
   ProgressDisplay progress(options_.max_train_steps, po, global_step());
   auto& opt = optimizer();
   const int64_t lisa_total = lisa_ ? lisa_->total_parameters() : 0;  // fixed for the run
   while (global_step() < end) {
     const auto t0 = Clock::now();
     const int64_t step = global_step();
-    const int64_t draws_before = lisa_ ? lisa_->sampler().draws() : 0;
+    // A re-draw falls at the start of a step, so that everything at the end of the previous
+    // one saw the set that trained, and a run never draws after its last step.
+    const bool redrew = lisa_ && lisa_->redraw_if_due();
     double loss_sum = 0;
     int n = 0;
     std::vector<nlohmann::ordered_json> logs;
@@ -553,12 +645,13 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
       ++n;
       logs.push_back(std::move(r.logs));
       const bool sync = index == A - 1 || r.end_of_epoch;
+      check_graph(r.loss, step, index);
       opt.set_sync(sync);
       // accelerate divides by A even when an epoch ends the window early.
       (r.loss.to(torch::kFloat32) * (opt.loss_scale() / A)).backward();
       if (sync) break;
     }
-    const int64_t done = lisa_ ? lisa_->step() : opt.finish_step();
+    const int64_t done = lisa_ ? lisa_->finish_step() : opt.finish_step();
     if (ema_) ema_->step(trainable_);
     if (after_step) after_step(done);
 
@@ -580,7 +673,8 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
     const auto merged = merge_logs(logs);
     for (auto it = merged.begin(); it != merged.end(); ++it) fields[it.key()] = it.value();
     metrics_.log(done, fields);
-    if (lisa_ && lisa_->sampler().draws() != draws_before) {
+    if (redrew) {
+      // Logged at the first step the new set trained.
       metrics_.event(done, "recall", {{"active_parameters", active}, {"active_tensors", lisa_->active_names().size()}});
     }
     const double share = 100.0 * static_cast<double>(active) /
@@ -594,6 +688,7 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
 }
 
 void Trainer::save_final() {
+  check_model_unchanged("save_final");
   if (ema_) ema_->copy_to(trainable_);
   if (!options_.main_process) return;
   fs::create_directories(options_.output_dir);

@@ -12,17 +12,30 @@
 // loss / A (times the loss scale under fp16), as accelerate does; the last micro-batch of a
 // window (or one the recipe marks as the end of its epoch) is the sync one, on which the
 // fused hooks step. Then: EMA, the recipe's after_step, a metrics line
-// (output_dir/metrics.jsonl), the progress line, and every checkpointing_steps a checkpoint.
+// (output_dir/metrics.jsonl), the progress line, and every checkpointing_steps a checkpoint,
+// all of them with the LISA set that trained in the step. The LISA re-draw comes at the start
+// of the next step (before its forward pass), so the last step never draws.
+//
+// The model contract: build the Trainer after every change to the model's parameters (e.g.
+// InstructPix2Pix's wider conv_in); train() and every save refuse a model whose parameters
+// are no longer the tensors the Trainer hooked. Every other model in the recipe's forward
+// pass (a teacher, a target, a reference UNet) must be frozen (models::LoadOptions::frozen,
+// or run under torch::NoGradGuard): a micro-batch whose loss reaches a tensor that requires
+// grad and that the Trainer does not train is refused before its backward pass.
 //
 // A checkpoint (output_dir/checkpoint-<step>/, written atomically by CheckpointManager):
 //   <model>/config.json + diffusion_pytorch_model.safetensors   full, lisa: float32 weights
 //   pytorch_lora_weights.safetensors                              lora: the adapters
 //   <model>_ema/                                                  use_ema (EMAModel layout)
 //   optimizer.safetensors, random_states.safetensors
-//   training_state.json     global step, micro-batch count, method, LISA state, recipe parts
+//   training_state.json     global step, lr schedule step, micro-batch count, method,
+//                           mixed precision, accumulation, LISA state, recipe parts
 //   whatever the recipe's StateParts write
 // Resuming (resume_from_checkpoint "latest" or a name) restores all of it, so the resumed run
-// equals the uninterrupted one bit for bit on CPU (tests/train/test_trainer.cpp).
+// equals the uninterrupted one bit for bit on CPU (tests/train/test_trainer.cpp). A checkpoint
+// is resumed only by a run with the same method, mixed precision, gradient accumulation and
+// LISA unit, count, interval, sampling, always-on patterns and keep_state; otherwise the
+// error names the setting and both values.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -30,6 +43,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -104,7 +118,9 @@ struct TrainerOptions {
 struct TrainedModel {
   std::string name = "unet";  // the folder name in checkpoints and output_dir
   std::shared_ptr<torch::nn::Module> module;
-  config::Json config;  // written as <name>/config.json (with _diffusers_version added)
+  // The model's config as it is when called (written as <name>/config.json with
+  // _diffusers_version added, at every save).
+  std::function<config::Json()> config;
   std::function<void(bool)> set_gradient_checkpointing;
 };
 TrainedModel trained_unet(const models::UNet2DConditionModel& unet);
@@ -157,7 +173,8 @@ class Trainer {
   void load_checkpoint(const std::filesystem::path& dir);
 
   // Runs optimizer steps until max_train_steps (or `stop_after` more steps, if given).
-  // after_step(step) runs after each optimizer step and EMA update, before logging.
+  // after_step(step) runs after each optimizer step and EMA update, before logging, with
+  // the LISA set that trained in the step still active.
   void train(const MicroStep& micro_step, const std::function<void(int64_t step)>& after_step = {},
              std::optional<int64_t> stop_after = std::nullopt);
 
@@ -188,6 +205,11 @@ class Trainer {
   void read_model(const std::filesystem::path& dir);
   void write_lisa_activations(const std::filesystem::path& file) const;
   nlohmann::json training_state() const;
+  // Throws lisadiff::Error when the model's parameters are no longer the hooked tensors.
+  void check_model_unchanged(const char* when) const;
+  // Throws lisadiff::Error when `loss` depends on a tensor that requires grad and that this
+  // Trainer does not train (its gradient would be accumulated and never freed or used).
+  void check_graph(const torch::Tensor& loss, int64_t step, int index) const;
 
   TrainedModel model_;
   TrainerOptions options_;
@@ -197,6 +219,10 @@ class Trainer {
   std::unique_ptr<FusedOptimizer> optimizer_;  // full and lora
   std::unique_ptr<EMA> ema_;
   std::vector<StatePart> parts_;
+  // The model's parameters when the Trainer was built (kept alive, so identity stays
+  // meaningful), and the tensors it trains, by TensorImpl.
+  std::vector<std::pair<std::string, torch::Tensor>> model_params_;
+  std::unordered_set<const void*> owned_;
   MetricsWriter metrics_;
   torch::Device device_{torch::kCPU};
   int64_t micro_count_ = 0;

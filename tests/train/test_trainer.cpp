@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -240,12 +241,13 @@ TEST(Trainer, LisaRedrawsEveryIntervalOptimizerStepsNotMicroBatches) {
   trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); },
                 [&](int64_t) { sets.push_back(trainer.lisa()->active_names()); });
   EXPECT_EQ(trainer.micro_batches(), 18);
-  // after_step runs after the re-draw of steps 2, 4, 6: sets change exactly there.
+  // after_step sees the set that trained; the re-draws fall before steps 3 and 5.
   ASSERT_EQ(sets.size(), 6u);
-  EXPECT_NE(sets[0], sets[1]);
-  EXPECT_EQ(sets[1], sets[2]);
-  EXPECT_NE(sets[2], sets[3]);
-  EXPECT_EQ(sets[3], sets[4]);
+  EXPECT_EQ(sets[0], sets[1]);
+  EXPECT_NE(sets[1], sets[2]);
+  EXPECT_EQ(sets[2], sets[3]);
+  EXPECT_NE(sets[3], sets[4]);
+  EXPECT_EQ(sets[4], sets[5]);
   std::vector<int64_t> recalls;
   std::ifstream in(tmp / "metrics.jsonl");
   for (std::string line; std::getline(in, line);) {
@@ -257,7 +259,7 @@ TEST(Trainer, LisaRedrawsEveryIntervalOptimizerStepsNotMicroBatches) {
       }
     }
   }
-  EXPECT_EQ(recalls, (std::vector<int64_t>{2, 4, 6}));
+  EXPECT_EQ(recalls, (std::vector<int64_t>{3, 5}));  // logged at the first step of the new set
   // A tensor that was never active keeps its bytes.
   const auto counts = trainer.lisa()->activation_counts();
   const auto& units = trainer.lisa()->sampler().units();
@@ -274,7 +276,7 @@ TEST(Trainer, LisaRedrawsEveryIntervalOptimizerStepsNotMicroBatches) {
   trainer.save_final();
   const auto activations = testing::read_json(tmp / "lisa_activations.json");
   EXPECT_EQ(activations.at("units").size(), units.size());
-  EXPECT_EQ(activations.at("recalls").get<int64_t>(), 4);  // the first draw and steps 2, 4, 6
+  EXPECT_EQ(activations.at("sets_trained").get<int64_t>(), 3);  // drawn at steps 0, 2 and 4; none after 6
 }
 
 TEST(Trainer, AnEndOfEpochClosesTheWindowEarly) {
@@ -415,23 +417,350 @@ TEST(TrainerOptions, ReadsTheScriptsKeysAndRejectsBadValues) {
   EXPECT_THROW_WITH(read({{"output_dir", "out"}, {"max_train_steps", 10}, {"optimizer_step", "eager"}}), "optimizer_step");
 }
 
-TEST(Trainer, ResumingIntoAnotherMethodIsAnError) {
-  TempDir tmp;
-  {
-    auto o = base_options(tmp.path(), TrainMethod::kFull);
-    o.max_train_steps = 5;
-    o.use_ema = false;
-    auto unet = micro_unet();
-    Trainer trainer(train::trained_unet(unet), o);
-    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
-  }
-  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+using ChangeOptions = std::function<void(TrainerOptions&)>;
+
+// Trains 5 steps into `out` (which writes checkpoint-5), `change` applied to the options.
+void train_five_steps(const fs::path& out, TrainMethod method, const ChangeOptions& change = {}) {
+  auto o = base_options(out, method);
+  o.max_train_steps = 5;
   o.use_ema = false;
-  o.resume_from_checkpoint = "checkpoint-5";
+  if (change) change(o);
   auto unet = micro_unet();
   Trainer trainer(train::trained_unet(unet), o);
-  EXPECT_THROW_WITH(trainer.resume(), "checkpoint-5", "training_state.json", "full run", "lisa");
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
 }
+
+// Resumes `out`/checkpoint-5 into a new Trainer with `change` applied to the options.
+void resume_checkpoint_5(const fs::path& out, TrainMethod method, const ChangeOptions& change = {}) {
+  auto o = base_options(out, method);
+  o.use_ema = false;
+  o.resume_from_checkpoint = "checkpoint-5";
+  if (change) change(o);
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  trainer.resume();
+}
+
+TEST(Trainer, ResumingIntoAnotherMethodIsAnError) {
+  TempDir tmp;
+  train_five_steps(tmp.path(), TrainMethod::kFull);
+  EXPECT_THROW_WITH(resume_checkpoint_5(tmp.path(), TrainMethod::kLisa), "checkpoint-5", "training_state.json",
+                    "full run", "lisa");
+}
+
+// The end of a step sees the set that trained: EMA, after_step, metrics and checkpoints come
+// before the LISA re-draw, which falls at the start of the next step and never after the last.
+TEST(Trainer, EmaAndAfterStepSeeTheLisaSetThatTrained) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  o.gradient_accumulation_steps = 1;
+  o.max_train_steps = 2;
+  o.lisa.interval = 2;
+  o.use_ema = true;
+  o.ema.decay = 0.9999;  // diffusers' rule: decay 0 at step 1, 2/11 at step 2
+  o.schedule.warmup_steps = 0;
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  const auto first_set = trainer.lisa()->active_names();
+  const auto drawn = trainer.lisa()->active_units().front();
+  const auto index = trainer.lisa()->sampler().units()[drawn].params.front();
+  const std::string name = trainer.trainable()[index].first;
+  const torch::Tensor param = trainer.trainable()[index].second;
+  std::vector<torch::Tensor> values;  // the drawn tensor after steps 1 and 2
+  std::vector<std::vector<std::string>> sets;
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); },
+                [&](int64_t) {
+                  values.push_back(param.detach().clone());
+                  sets.push_back(trainer.lisa()->active_names());
+                });
+  ASSERT_EQ(values.size(), 2u);
+  EXPECT_EQ(sets[0], first_set);
+  EXPECT_EQ(sets[1], first_set) << "after_step of the last step saw a new draw";
+  EXPECT_TRUE(param.requires_grad());
+  // shadow_1 = theta_1 (decay 0), shadow_2 = shadow_1 - (1 - 2/11) (shadow_1 - theta_2)
+  const auto expected = values[0] - (1.0 - 2.0 / 11.0) * (values[0] - values[1]);
+  const auto& shadow = trainer.ema()->shadow(name);
+  EXPECT_TRUE(testing::close_tensor(name, shadow, expected, 1e-7, 1e-6));
+  EXPECT_FALSE(torch::allclose(shadow, values[1], 0, 1e-7)) << name << ": the EMA is the live weight";
+  // No re-draw after the last step: no recall event, one set trained.
+  std::ifstream in(tmp / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) EXPECT_EQ(line.find("\"recall\""), std::string::npos) << line;
+  trainer.save_final();
+  const auto activations = testing::read_json(tmp / "lisa_activations.json");
+  EXPECT_EQ(activations.at("sets_trained").get<int64_t>(), 1);
+  int64_t counted = 0;
+  for (const auto& u : activations.at("units")) {
+    EXPECT_LE(u.at("activations").get<int64_t>(), 1) << u.dump();
+    counted += u.at("activations").get<int64_t>();
+  }
+  EXPECT_EQ(counted, static_cast<int64_t>(trainer.lisa()->active_units().size()) + 2);  // the drawn + first and last
+}
+
+// With the precision switch the set that trained in the last step stays float32 up to
+// save_final: its trained values are saved as they are, not rounded to bf16.
+TEST(Trainer, Bf16FrozenFinalWeightsOfTheLastSetAreNotRounded) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  o.mixed_precision = train::MixedPrecision::kBf16;
+  o.frozen_dtype = torch::kBFloat16;
+  o.gradient_accumulation_steps = 1;
+  o.max_train_steps = 4;
+  o.lisa.interval = 2;
+  o.use_ema = false;
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+  trainer.save_final();
+  io::SafetensorsReader reader(tmp / "unet/diffusion_pytorch_model.safetensors");
+  int64_t checked = 0;
+  for (const auto u : trainer.lisa()->active_units()) {
+    for (const auto i : trainer.lisa()->sampler().units()[u].params) {
+      const auto& [name, p] = trainer.trainable()[i];
+      ASSERT_EQ(p.scalar_type(), torch::kFloat32) << name;
+      const auto saved = reader.tensor(name);
+      EXPECT_TRUE(testing::same_tensor(saved, p.detach())) << name;
+      EXPECT_FALSE(torch::equal(saved, saved.to(torch::kBFloat16).to(torch::kFloat32))) << name << " was rounded to bf16";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0);
+}
+
+// A checkpoint's mixed precision must be the run's: an fp16 loss scale restored into a run
+// that does not scale would multiply every later loss by 2^16, and a bf16 checkpoint has no
+// scale for an fp16 run.
+TEST(Trainer, ResumingIntoAnotherMixedPrecisionIsRefused) {
+  const auto with = [](train::MixedPrecision precision) {
+    return [precision](TrainerOptions& o) {
+      o.fused_step = true;
+      o.mixed_precision = precision;
+    };
+  };
+  const auto run = [&](const fs::path& out, train::MixedPrecision precision) {
+    train_five_steps(out, TrainMethod::kFull, with(precision));
+  };
+  const auto resume = [&](const fs::path& out, train::MixedPrecision precision) {
+    resume_checkpoint_5(out, TrainMethod::kFull, with(precision));
+  };
+  TempDir tmp;
+  run(tmp / "fp16", train::MixedPrecision::kFp16);
+  EXPECT_THROW_WITH(resume(tmp / "fp16", train::MixedPrecision::kBf16), "training_state.json",
+                    "mixed_precision fp16", "this run has bf16");
+  EXPECT_THROW_WITH(resume(tmp / "fp16", train::MixedPrecision::kNo), "mixed_precision fp16", "this run has no");
+  run(tmp / "bf16", train::MixedPrecision::kBf16);
+  EXPECT_THROW_WITH(resume(tmp / "bf16", train::MixedPrecision::kFp16), "mixed_precision bf16", "this run has fp16");
+  EXPECT_NO_THROW(resume(tmp / "fp16", train::MixedPrecision::kFp16));
+}
+
+// accelerate skips the lr scheduler's step when GradScaler skipped the optimizer step. An
+// overflow at step 0 of a classic fp16 run: the next update still uses lr(0), and a resume
+// keeps the schedule one step behind the global step.
+TEST(Trainer, ClassicFp16OverflowAtStep0LeavesTheScheduleAtLr0) {
+  const auto options = [](const fs::path& out) {
+    auto o = base_options(out, TrainMethod::kFull);
+    o.mixed_precision = train::MixedPrecision::kFp16;
+    o.schedule.type = train::LrScheduleType::kLinear;
+    o.schedule.warmup_steps = 2;  // lr(0) = 0, lr(1) = lr / 2
+    o.gradient_accumulation_steps = 1;
+    o.max_train_steps = 4;
+    o.checkpointing_steps = 2;
+    o.use_ema = false;
+    return o;
+  };
+  TempDir tmp;
+  auto unet = micro_unet();
+  std::vector<torch::Tensor> initial;
+  for (const auto& p : unet->parameters()) initial.push_back(p.detach().clone());
+  Trainer trainer(train::trained_unet(unet), options(tmp.path()));
+  trainer.train(
+      [&](const MicroBatch& mb) {
+        auto r = denoise(unet, mb, nullptr);
+        if (mb.step == 0) r.loss = r.loss * std::numeric_limits<double>::infinity();
+        return r;
+      },
+      {}, 2);
+  EXPECT_EQ(trainer.global_step(), 2);
+  EXPECT_EQ(trainer.optimizer().schedule_step(), 1);
+  // Step 1 updated with lr(0) = 0: AdamW with lr 0 leaves every weight as it was.
+  const auto params = unet->parameters();
+  for (std::size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(testing::same_tensor(params[i], initial[i])) << i;
+  const auto state = testing::read_json(tmp / "checkpoint-2/training_state.json");
+  EXPECT_EQ(state.at("schedule_step").get<int64_t>(), 1);
+  std::ifstream in(tmp / "metrics.jsonl");
+  std::vector<double> lrs;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("event")) lrs.push_back(j.at("lr").get<double>());
+  }
+  const train::LrSchedule& s = trainer.options().schedule;
+  ASSERT_EQ(lrs.size(), 2u);
+  EXPECT_EQ(lrs[0], 0.0);  // the lr of the next update: still lr(0)
+  EXPECT_EQ(lrs[1], s.base_lr / 2);
+  // A resume continues one schedule step behind.
+  auto o = options(tmp.path());
+  o.resume_from_checkpoint = "latest";
+  auto unet2 = micro_unet();
+  Trainer resumed(train::trained_unet(unet2), o);
+  EXPECT_EQ(resumed.resume(), 2);
+  EXPECT_EQ(resumed.optimizer().schedule_step(), 1);
+  EXPECT_EQ(resumed.current_lr(), s.base_lr / 2);
+}
+
+// Parameters replaced after the Trainer was built (InstructPix2Pix's conv_in) would keep no
+// hook and be saved as the old tensor: train() and every save refuse such a model.
+TEST(Trainer, AModelChangedAfterTheTrainerWasBuiltIsRefused) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  o.use_ema = false;
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  // InstructPix2Pix's surgery: a conv_in with 8 input channels replaces the old one.
+  const auto out_channels = unet->conv_in->weight.size(0);
+  unet->conv_in = unet->replace_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(8, out_channels, 3).padding(1)));
+  const auto step = [&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); };
+  EXPECT_THROW_WITH(trainer.train(step), "conv_in.weight", "is a new tensor of shape [", "build the Trainer after");
+  EXPECT_THROW_WITH(trainer.save_checkpoint(), "save_checkpoint", "conv_in.weight");
+  EXPECT_THROW_WITH(trainer.save_final(), "save_final", "conv_in.weight");
+}
+
+// The config written with a checkpoint is the model's config at the time of the save.
+TEST(Trainer, CheckpointsWriteTheModelsCurrentConfig) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kFull);
+  o.use_ema = false;
+  o.max_train_steps = 1;
+  o.checkpointing_steps = 1;
+  o.schedule.warmup_steps = 0;
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), o);
+  unet->config.sample_size = config::ScalarOrList<int>(24);
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+  EXPECT_EQ(testing::read_json(tmp / "checkpoint-1/unet/config.json").at("sample_size").get<int>(), 24);
+}
+
+// A second model in the forward pass whose weights require grad (a teacher or reference UNet
+// loaded for training) would collect gradients nobody frees: refused before the backward.
+// Loaded frozen, it takes part without a gradient.
+TEST(Trainer, ASecondModelThatRequiresGradIsRefusedAFrozenOneWorks) {
+  TempDir tmp;
+  auto o = base_options(tmp.path(), TrainMethod::kLisa);
+  o.use_ema = false;
+  o.max_train_steps = 2;
+  o.schedule.warmup_steps = 0;
+  auto unet = micro_unet();
+  const auto step_with = [&](models::UNet2DConditionModel teacher) {
+    return [&, teacher](const MicroBatch& mb) mutable {
+      auto r = denoise(unet, mb, nullptr);
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(7 + mb.count);
+      auto x = at::randn({1, 4, 8, 8}, gen);
+      auto context = at::randn({1, 7, static_cast<int64_t>(unet->config.cross_attention_dim.at(0))}, gen);
+      auto t = torch::full({1}, 10, torch::kLong);
+      r.loss = r.loss + 0.1 * torch::mse_loss(unet->forward(x, t, context), teacher->forward(x, t, context));
+      return r;
+    };
+  };
+  {
+    auto teacher = micro_unet();  // requires grad
+    Trainer trainer(train::trained_unet(unet), o);
+    EXPECT_THROW_WITH(trainer.train(step_with(teacher)), "step 0 micro-batch 0", "require grad but are not trained",
+                      "LoadOptions::frozen");
+    for (const auto& p : teacher->parameters()) EXPECT_FALSE(p.grad().defined());
+  }
+  models::LoadOptions frozen;
+  frozen.frozen = true;
+  auto teacher = models::load_unet(fixtures_dir() / "pipelines/micro-sd/unet", frozen);
+  for (const auto& p : teacher->parameters()) EXPECT_FALSE(p.requires_grad());
+  auto o2 = o;
+  o2.output_dir = tmp / "frozen";
+  Trainer trainer(train::trained_unet(unet), o2);
+  trainer.train(step_with(teacher));
+  EXPECT_EQ(trainer.global_step(), 2);
+  for (const auto& p : teacher->parameters()) EXPECT_FALSE(p.grad().defined());
+}
+
+struct Mismatch {
+  const char* name;
+  ChangeOptions change;
+  std::vector<std::string> message;
+};
+
+void PrintTo(const Mismatch& m, std::ostream* os) { *os << m.name; }
+
+class ResumeMismatch : public ::testing::TestWithParam<Mismatch> {};
+
+// A checkpoint resumes only into a run with the settings that decide its sequence of sets,
+// micro-batches and loss scaling; the error names the setting and both values.
+TEST_P(ResumeMismatch, IsRefusedNamingTheSetting) {
+  TempDir tmp;
+  train_five_steps(tmp.path(), TrainMethod::kLisa);
+  const auto& m = GetParam().message;
+  try {
+    resume_checkpoint_5(tmp.path(), TrainMethod::kLisa, GetParam().change);
+    ADD_FAILURE() << "resumed despite " << GetParam().name;
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("checkpoint-5"), std::string::npos) << what;
+    for (const auto& s : m) EXPECT_NE(what.find(s), std::string::npos) << "no \"" << s << "\" in: " << what;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Settings, ResumeMismatch,
+    ::testing::Values(
+        Mismatch{"interval", [](TrainerOptions& o) { o.lisa.interval = 4; }, {"lisa_interval 3", "this run has 4"}},
+        Mismatch{"sampling", [](TrainerOptions& o) { o.lisa.sampling = train::LisaSampling::kWeighted; },
+                 {"lisa_sampling uniform", "this run has weighted"}},
+        Mismatch{"always_on", [](TrainerOptions& o) { o.lisa.always_on = {"conv_in", "conv_out"}; },
+                 {"lisa_always_on", "first and last tensor", "conv_out"}},
+        Mismatch{"keep_state", [](TrainerOptions& o) { o.lisa.keep_state = true; },
+                 {"lisa_keep_state false", "this run has true"}},
+        Mismatch{"accumulation", [](TrainerOptions& o) { o.gradient_accumulation_steps = 3; },
+                 {"gradient_accumulation_steps 2", "this run has 3"}},
+        Mismatch{"precision",
+                 [](TrainerOptions& o) {
+                   o.mixed_precision = train::MixedPrecision::kBf16;
+                 },
+                 {"mixed_precision no", "this run has bf16"}}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// load_checkpoint into a Trainer that already trained past the checkpoint (train 7 steps,
+// load checkpoint-5, continue) equals a fresh resume from checkpoint-5.
+// Interval 3: a tensor of the set of steps 4-6 last stepped in step 6, and steps 6 again
+// after the load. Interval 5: the checkpoint falls on a re-draw boundary: it holds the set
+// that trained up to step 5, and the re-draw comes after the load, at the start of step 6.
+class LoadIntoATrainerThatTrained : public ::testing::TestWithParam<int> {};
+
+TEST_P(LoadIntoATrainerThatTrained, EqualsAFreshResume) {
+  TempDir tmp;
+  const auto options = [](const fs::path& out) {
+    auto o = base_options(out, TrainMethod::kLisa);
+    o.lisa.interval = GetParam();
+    return o;
+  };
+  std::vector<torch::Tensor> straight;
+  {
+    torch::manual_seed(3);
+    auto unet = micro_unet();
+    Trainer trainer(train::trained_unet(unet), options(tmp / "straight"));
+    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+    straight = weights(trainer);
+  }
+  torch::manual_seed(3);
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), options(tmp / "again"));
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); }, {}, 7);
+  ASSERT_EQ(trainer.global_step(), 7);
+  trainer.load_checkpoint(tmp / "again/checkpoint-5");
+  EXPECT_EQ(trainer.global_step(), 5);
+  trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, nullptr); });
+  const auto w = weights(trainer);
+  ASSERT_EQ(w.size(), straight.size());
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    EXPECT_TRUE(testing::same_tensor(w[i], straight[i])) << trainer.trainable()[i].first;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(LisaInterval, LoadIntoATrainerThatTrained, ::testing::Values(3, 5));
 
 }  // namespace
 }  // namespace lisadiff
