@@ -8,6 +8,7 @@ writes
   tests/fixtures/pipelines/ip2p-micro/   micro-sd with an 8-input-channel UNet (seed 7) and
                                          model_index.json naming StableDiffusionInstructPix2PixPipeline
   <out>/source.png                       the InstructPix2Pix source image (seeded noise, 32 x 32)
+  <out>/lora.safetensors                 a rank-2 LoRA for micro-sd in the scripts' diffusers format
   <out>/cases.json                       per case: pipeline folder, scheduler class, prompts,
                                          negative prompts, guidance, steps, eta, seed, size
   <out>/cases.safetensors                per case "<case>.init_latents" (what the seeded CPU
@@ -72,6 +73,9 @@ CASES = {
                      image_guidance=1.5, steps=5, images_per_prompt=2, seed=8, image="source.png"),
     "ip2p_nocfg": dict(pipe="ip2p-micro", scheduler="EulerDiscreteScheduler", prompts=["make it green"],
                        guidance=1.0, image_guidance=1.5, steps=4, images_per_prompt=1, seed=9, image="source.png"),
+    # micro-sd with lora.safetensors (written below) loaded by load_lora_weights, at scale 0.7.
+    "lora_ddim": dict(pipe="micro-sd", scheduler="DDIMScheduler", prompts=PROMPTS[:1], guidance=7.5, steps=4,
+                      images_per_prompt=1, seed=10, lora="lora.safetensors", lora_scale=0.7),
 }
 
 
@@ -101,6 +105,29 @@ def make_source(out: Path) -> Path:
     return path
 
 
+def make_lora(out: Path) -> Path:
+    """A rank-2 LoRA for micro-sd's attention projections with random (non-zero) up weights,
+    saved the way the diffusers training scripts save theirs (convert_state_dict_to_diffusers,
+    then save_lora_weights): keys "unet.<module>.lora.down.weight" / ".lora.up.weight"."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(PIPES / "micro-sd", safety_checker=None,
+                                                   requires_safety_checker=False)
+    torch.manual_seed(12)
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name="lora.safetensors",
+                                              safe_serialization=True)
+    return out / "lora.safetensors"
+
+
 def run_case(name: str, case: dict, out: Path, tensors: dict) -> None:
     folder = PIPES / case["pipe"]
     is_ip2p = "image" in case
@@ -108,6 +135,8 @@ def run_case(name: str, case: dict, out: Path, tensors: dict) -> None:
     pipe = cls.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = getattr(diffusers, case["scheduler"]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    if "lora" in case:
+        pipe.load_lora_weights(out / case["lora"])
     steps_seen = []
 
     def record(pipeline, i, t, kwargs):
@@ -119,6 +148,8 @@ def run_case(name: str, case: dict, out: Path, tensors: dict) -> None:
     kwargs = dict(prompt=case["prompts"], negative_prompt=case.get("negative"), guidance_scale=case["guidance"],
                   num_inference_steps=case["steps"], num_images_per_prompt=case["images_per_prompt"],
                   eta=case.get("eta", 0.0), callback_on_step_end=record)
+    if "lora_scale" in case:
+        kwargs["cross_attention_kwargs"] = {"scale": case["lora_scale"]}
     vsf = pipe.vae_scale_factor
     if is_ip2p:
         image = Image.open(out / case["image"]).convert("RGB")
@@ -151,6 +182,7 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     make_ip2p_micro()
     make_source(args.out)
+    make_lora(args.out)
     tensors: dict[str, torch.Tensor] = {}
     for name, case in CASES.items():
         run_case(name, case, args.out, tensors)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "pipelines/lora.h"
 
 namespace lisadiff::pipelines {
 
@@ -38,6 +39,7 @@ Components load_components(const fs::path& folder, const PipelineLoadOptions& op
   }
   c.scheduler_source = folder / "scheduler" / "scheduler_config.json";
   c.scheduler_config = config::read_json_file(c.scheduler_source);
+  if (!options.lora.empty()) apply_lora(c, options.lora, options.lora_scale);
   return c;
 }
 

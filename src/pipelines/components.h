@@ -24,6 +24,7 @@
 #include "models/unet.h"
 #include "models/vae.h"
 #include "schedulers/sampling.h"
+#include "train/lora.h"
 
 namespace lisadiff::pipelines {
 
@@ -32,6 +33,8 @@ struct PipelineLoadOptions {
   torch::Device device = torch::kCPU;
   std::string variant;                  // "fp16": *.fp16.safetensors
   std::filesystem::path unet;           // a trained unet/ folder instead of the pipeline's own
+  std::filesystem::path lora;           // a LoRA file (pipelines/lora.h), applied at lora_scale
+  double lora_scale = 1.0;
 };
 
 struct Components {
@@ -44,6 +47,7 @@ struct Components {
   std::filesystem::path scheduler_source;
   torch::ScalarType dtype = torch::kFloat32;
   torch::Device device = torch::kCPU;
+  std::unique_ptr<train::Lora> lora;  // the adapters of apply_lora (pipelines/lora.h)
 
   // 2 ^ (number of VAE blocks - 1): 8 for SD1.5.
   int vae_scale_factor() const;

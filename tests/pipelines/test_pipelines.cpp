@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 #include "data/image.h"
 #include "io/safetensors.h"
 #include "pipelines/instruct_pix2pix.h"
+#include "pipelines/lora.h"
 #include "pipelines/text_to_image.h"
 #include "test_util.h"
 
@@ -50,7 +52,14 @@ struct Run {
 
 Run run(const std::string& name) {
   const auto& c = cases().at(name);
-  auto& comps = components(c.at("pipe").get<std::string>());
+  std::optional<pipelines::Components> with_lora;
+  if (c.contains("lora")) {
+    pipelines::PipelineLoadOptions lo;
+    lo.lora = fixtures_dir() / "inference" / c.at("lora").get<std::string>();
+    lo.lora_scale = c.at("lora_scale").get<double>();
+    with_lora = pipelines::load_components(fixtures_dir() / "pipelines" / c.at("pipe").get<std::string>(), lo);
+  }
+  auto& comps = with_lora ? *with_lora : components(c.at("pipe").get<std::string>());
   auto sampler = comps.sampler(c.at("scheduler").get<std::string>());
   Run out;
   const auto record = [&](int, int, const torch::Tensor& latents) { out.latents.push_back(latents.clone()); };
@@ -124,7 +133,8 @@ TEST_P(PipelineParity, LatentsEveryStepAndImagesEqualDiffusers) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, PipelineParity,
                          ::testing::Values("ddim_cfg", "ddim_cfg_negative", "ddim_eta", "ddim_nocfg", "euler_cfg",
-                                           "euler_nocfg", "lcm_1", "lcm_2", "lcm_4", "ip2p_cfg", "ip2p_nocfg"),
+                                           "euler_nocfg", "lcm_1", "lcm_2", "lcm_4", "ip2p_cfg", "ip2p_nocfg",
+                                           "lora_ddim"),
                          [](const auto& info) { return info.param; });
 
 // The seed gives diffusers' initial latents: torch.randn(shape, generator=Generator().manual_seed(seed)).
@@ -157,6 +167,40 @@ TEST(Pipelines, BadInputsAreOneLineErrors) {
   edit.image = torch::zeros({31, 32, 3}, torch::kUInt8);
   EXPECT_THROW_WITH(pipelines::instruct_pix2pix(ip2p, *sampler, edit), "32 x 31", "multiples of 2");
   EXPECT_THROW_WITH(sd.sampler("karras"), "unknown scheduler 'karras'", "ddim");
+}
+
+// A LoRA file that does not fit the UNet is refused naming the file and the key, and leaves
+// the pipeline without adapters.
+TEST(Pipelines, LoraFilesThatDoNotFitAreRefused) {
+  testing::TempDir tmp;
+  auto comps = pipelines::load_components(fixtures_dir() / "pipelines/micro-sd");
+  io::NamedTensors good;
+  const io::SafetensorsReader reader(fixtures_dir() / "inference/lora.safetensors");
+  for (const auto& e : reader.entries()) good.emplace_back(e.name, reader.tensor(e.name).clone());
+  const auto write = [&](const std::string& name, const io::NamedTensors& tensors) {
+    io::write_safetensors(tmp / name, tensors, {{"format", "pt"}});
+    return tmp / name;
+  };
+  io::NamedTensors renamed = good;
+  renamed[0].first = "unet.down_blocks.7.attentions.0.transformer_blocks.0.attn1.to_k.lora.down.weight";
+  renamed[1].first = "unet.down_blocks.7.attentions.0.transformer_blocks.0.attn1.to_k.lora.up.weight";
+  EXPECT_THROW_WITH(pipelines::apply_lora(comps, write("nomodule.safetensors", renamed)), "nomodule.safetensors",
+                    "down_blocks.7", "names no attention projection");
+  EXPECT_FALSE(comps.lora);
+  io::NamedTensors reshaped = good;
+  reshaped[0].second = torch::zeros({2, 5});
+  EXPECT_THROW_WITH(pipelines::apply_lora(comps, write("shape.safetensors", reshaped)), "shape.safetensors",
+                    "does not fit the module");
+  io::NamedTensors text = good;
+  text[0].first = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora.down.weight";
+  EXPECT_THROW_WITH(pipelines::apply_lora(comps, write("text.safetensors", text)), "text-encoder LoRA");
+  io::NamedTensors half = good;
+  half.erase(half.begin() + 1);
+  EXPECT_THROW_WITH(pipelines::apply_lora(comps, write("half.safetensors", half)), "no matching up/down half");
+  EXPECT_FALSE(comps.lora);
+  pipelines::apply_lora(comps, fixtures_dir() / "inference/lora.safetensors", 0.5);
+  EXPECT_TRUE(comps.lora);
+  EXPECT_THROW_WITH(pipelines::apply_lora(comps, fixtures_dir() / "inference/lora.safetensors"), "already applied");
 }
 
 }  // namespace
