@@ -36,9 +36,10 @@ endif()
 
 # Image codecs and tar shards for the data pipeline (src/data/): libjpeg-turbo decodes JPEG
 # with the settings PIL uses (so pixels match the Python scripts), libwebp decodes WebP,
-# libarchive reads and writes webdataset tar shards (stb handles PNG and the rest).
+# libarchive reads and writes webdataset tar shards (stb handles PNG and the rest), libpng
+# writes and reads PNG text chunks (the generation parameters inside generated images).
 # Imported without pkg-config's Cflags for the same reason as utf8proc above.
-pkg_check_modules(LISADIFF_CODECS REQUIRED libarchive libjpeg libwebp)
+pkg_check_modules(LISADIFF_CODECS REQUIRED libarchive libjpeg libwebp libpng)
 add_library(lisadiff_codecs INTERFACE IMPORTED)
 target_include_directories(lisadiff_codecs INTERFACE ${LISADIFF_CODECS_INCLUDE_DIRS})
 target_link_libraries(lisadiff_codecs INTERFACE ${LISADIFF_CODECS_LINK_LIBRARIES})

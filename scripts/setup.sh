@@ -31,7 +31,7 @@ APT_PACKAGES=(
   g++ cmake ninja-build ccache git pkg-config
   python3 python3-venv
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libstb-dev libarchive-dev
-  libjpeg62-turbo-dev libwebp-dev
+  libjpeg62-turbo-dev libwebp-dev libpng-dev
   libre2-dev libutf8proc-dev libgtest-dev libgmock-dev libbenchmark-dev
 )
 

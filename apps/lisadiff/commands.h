@@ -14,5 +14,6 @@ CommandRunner add_inspect(CLI::App& app);
 CommandRunner add_init_pipeline(CLI::App& app);
 CommandRunner add_plot(CLI::App& app);
 CommandRunner add_make_dataset(CLI::App& app);
+CommandRunner add_generate(CLI::App& app);
 
 }  // namespace lisadiff::cli

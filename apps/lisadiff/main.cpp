@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
   const std::vector<cli::CommandRunner> commands = {cli::add_inspect(app), cli::add_init_pipeline(app),
-                                                    cli::add_plot(app), cli::add_make_dataset(app)};
+                                                    cli::add_plot(app), cli::add_make_dataset(app),
+                                                    cli::add_generate(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

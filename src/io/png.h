@@ -1,0 +1,28 @@
+// PNG files with text chunks, through libpng: the generation parameters travel inside each
+// generated image (prompt, seed, steps, ...), where image viewers and tools read them back.
+// Text goes into iTXt chunks (UTF-8, uncompressed), so any prompt survives as written.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace lisadiff::io {
+
+using PngText = std::vector<std::pair<std::string, std::string>>;  // keyword, UTF-8 text
+
+// PNG bytes of uint8 RGB pixels [H, W, 3] (a CPU tensor) with `text` chunks before the pixel
+// data. Keywords: 1 to 79 printable Latin-1 characters (PNG's rule). Deterministic. Throws
+// lisadiff::Error for a bad tensor or keyword.
+std::string encode_png_with_text(const torch::Tensor& hwc_uint8, const PngText& text);
+// encode_png_with_text written atomically (temporary file, fsync, rename).
+void write_png_with_text(const std::filesystem::path& path, const torch::Tensor& hwc_uint8, const PngText& text);
+// The text chunks (tEXt, zTXt, iTXt) of PNG bytes, in file order. `what` names the source in
+// errors (not a PNG, corrupt).
+PngText read_png_text(std::string_view bytes, const std::string& what);
+
+}  // namespace lisadiff::io
