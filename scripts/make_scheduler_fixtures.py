@@ -11,7 +11,7 @@ writes
                       "<case>.x0", "<case>.noise", "<case>.t" (int64), "<case>.noisy"
                       (add_noise), "<case>.velocity" (get_velocity), in float32, plus
                       "<case>.fp16.noisy" / "<case>.fp16.velocity" from float16 inputs.
-  sampling.json       the sampling cases: per scheduler ("ddim", "euler", "lcm") a config each
+  sampling.json       the sampling cases: per scheduler ("ddim", "euler", "lcm", "pndm", "dpm") a config each
                       (a diffusers scheduler_config.json, read with that class's defaults, as
                       <Class>.from_config does) and the loop's settings; the LCM DDIM solver
                       cases and the helper inputs
@@ -27,6 +27,10 @@ writes
                       "helpers.*": LCM boundary scalings, guidance-scale embeddings, x0 and eps
                       from a model output per prediction type (recipes.md 2.5).
 
+  dpm_scheduler_config.json
+                      DPMSolverMultistepScheduler's own scheduler_config.json with one key set, as
+                      diffusers writes it (lambda_min_clipped: -Infinity, which is not JSON).
+
 Deterministic: seeded inputs, sorted JSON keys, safetensors metadata {"format": "pt"} only.
 """
 
@@ -41,7 +45,14 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, LCMScheduler  # noqa: E402
+from diffusers import (  # noqa: E402
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
+)
 from safetensors.torch import save_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,6 +134,62 @@ LCM_CASES = {
         config=dict(**SD15_BETAS, prediction_type="sample", thresholding=True, dynamic_thresholding_ratio=0.95,
                     sample_max_value=2.0, set_alpha_to_one=False),
         schedules=[2, 5], steps=5, original_inference_steps=100),
+}
+
+PNDM_CASES = {
+    # Read as PNDMScheduler: SD1.5's own scheduler (PLMS, leading + steps_offset 1).
+    "sd15": dict(config=SD15_FILE, schedules=[1, 2, 3, 10, 25, 50], steps=10),
+    "sd15_one_step": dict(config=SD15_FILE, schedules=[1], steps=1),
+    "sd15_two_steps": dict(config=SD15_FILE, schedules=[2], steps=2),
+    "v_trailing": dict(config={**SD15_FILE, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+                       schedules=[1, 2, 10, 25, 50], steps=7),
+    "linspace_alpha_one": dict(config={**SD15_FILE, "timestep_spacing": "linspace", "set_alpha_to_one": True},
+                               schedules=[1, 2, 10, 25, 50], steps=6),
+    # F-PNDM: 12 Runge-Kutta evaluations, then PLMS (PNDM's own defaults: linear betas).
+    "prk": dict(config=dict(skip_prk_steps=False, steps_offset=1), schedules=[4, 10, 25, 50], steps=10),
+    "prk_v_linspace": dict(config={**SD15_BETAS, "skip_prk_steps": False, "prediction_type": "v_prediction",
+                                   "timestep_spacing": "linspace"}, schedules=[4, 10], steps=5),
+}
+
+DPM_CASES = {
+    # Read as DPMSolverMultistepScheduler: dpmsolver++ order 2 midpoint, linspace spacing; 16
+    # steps take the >= 15 path of lower_order_final.
+    "sd15": dict(config=SD15_FILE, schedules=[1, 2, 10, 25, 50], steps=16),
+    "sd15_short": dict(config=SD15_FILE, schedules=[3], steps=3),
+    "karras_v": dict(config=dict(**SD15_BETAS, use_karras_sigmas=True, prediction_type="v_prediction"),
+                     schedules=[1, 2, 10, 25, 50], steps=8),
+    "karras_bounds": dict(config=dict(**SD15_BETAS, use_karras_sigmas=True, sigma_min=0.1, sigma_max=10.0,
+                                      timestep_spacing="leading", steps_offset=1),
+                          schedules=[2, 10], steps=5),
+    "order1_leading": dict(config={**SD15_FILE, "solver_order": 1, "timestep_spacing": "leading"},
+                           schedules=[1, 2, 10, 25, 50], steps=5),
+    "heun_sigma_min_trailing": dict(
+        config=dict(**SD15_BETAS, solver_type="heun", lower_order_final=False, final_sigmas_type="sigma_min",
+                    timestep_spacing="trailing"),
+        schedules=[1, 2, 10, 25, 50], steps=6),
+    "euler_at_final_no_lower": dict(config=dict(**SD15_BETAS, lower_order_final=False, euler_at_final=True),
+                                    schedules=[10], steps=6),
+    "order3_zero_snr_v": dict(config=dict(**SD15_BETAS, solver_order=3, rescale_betas_zero_snr=True,
+                                          prediction_type="v_prediction", timestep_spacing="trailing"),
+                              schedules=[2, 10, 25], steps=7),
+    "dpmsolver_midpoint_sample": dict(
+        config=dict(**SD15_BETAS, algorithm_type="dpmsolver", final_sigmas_type="sigma_min", prediction_type="sample"),
+        schedules=[2, 10], steps=5),
+    "dpmsolver_heun_order3_thresholding": dict(
+        config=dict(algorithm_type="dpmsolver", solver_type="heun", solver_order=3, final_sigmas_type="sigma_min",
+                    thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5),
+        schedules=[10], steps=6),
+    "thresholding_sample": dict(config=dict(**SD15_BETAS, prediction_type="sample", thresholding=True,
+                                            dynamic_thresholding_ratio=0.9, sample_max_value=1.2),
+                                schedules=[4], steps=4),
+    # The cosine schedule: Karras timesteps are not rounded (then truncated to int64). Schedules
+    # only (steps 0): diffusers' Karras sigmas ignore lambda_min_clipped and repeat timestep 998,
+    # so its own loop looks the first one up at index 1 and runs past the end.
+    "cosine_karras_clipped": dict(config=dict(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1,
+                                              use_karras_sigmas=True), schedules=[2, 10, 25], steps=0),
+    # The cosine schedule with lambda clipped: the spacing ends below 1000.
+    "cosine_clipped_leading": dict(config=dict(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1,
+                                               timestep_spacing="leading"), schedules=[2, 10, 25], steps=5),
 }
 
 LCM_SOLVER_CASES = {
@@ -257,6 +324,28 @@ def lcm_fixture(name: str, case: dict, tensors: dict) -> None:
         x = res.prev_sample
 
 
+def plain_loop_fixture(key: str, s, case: dict, tensors: dict, sigmas: bool = False) -> None:
+    """Timesteps (and sigmas) per step count, and a loop that stores prev_sample only (PNDM and
+    DPM-Solver return nothing else). steps 0: schedules only."""
+    for n in case["schedules"]:
+        s.set_timesteps(n)
+        tensors[f"{key}.timesteps.{n}"] = s.timesteps.clone()
+        if sigmas:
+            tensors[f"{key}.sigmas.{n}"] = s.sigmas.clone()
+    if case["steps"] == 0:
+        return
+    g = seeded(key)
+    s.set_timesteps(case["steps"])
+    x = torch.randn(SAMPLE_SHAPE, generator=g)
+    tensors[f"{key}.x_init"] = x.clone()
+    for i, t in enumerate(s.timesteps):
+        out = torch.randn(SAMPLE_SHAPE, generator=g)
+        res = s.step(out, t, x)
+        tensors[f"{key}.model_output.{i}"] = out
+        tensors[f"{key}.prev_sample.{i}"] = res.prev_sample
+        x = res.prev_sample
+
+
 def lcm_solver_fixture(name: str, case: dict, tensors: dict) -> None:
     key = f"lcm_solver.{name}"
     ddpm = DDPMScheduler(**case["config"])
@@ -303,6 +392,11 @@ def write_sampling(out: Path) -> None:
         euler_fixture(name, case, tensors)
     for name, case in LCM_CASES.items():
         lcm_fixture(name, case, tensors)
+    for name, case in PNDM_CASES.items():
+        plain_loop_fixture(f"pndm.{name}", PNDMScheduler.from_config(case["config"]), case, tensors)
+    for name, case in DPM_CASES.items():
+        plain_loop_fixture(f"dpm.{name}", DPMSolverMultistepScheduler.from_config(case["config"]), case, tensors,
+                           sigmas=True)
     for name, case in LCM_SOLVER_CASES.items():
         lcm_solver_fixture(name, case, tensors)
     helpers = helpers_fixture(tensors)
@@ -310,10 +404,14 @@ def write_sampling(out: Path) -> None:
     # prev_sample = denoised), which safetensors refuses to save twice.
     save_file({k: v.contiguous().clone() for k, v in sorted(tensors.items())}, str(out / "sampling.safetensors"),
               metadata={"format": "pt"})
-    cases = {"ddim": DDIM_CASES, "euler": EULER_CASES, "lcm": LCM_CASES, "lcm_solver": LCM_SOLVER_CASES,
+    cases = {"ddim": DDIM_CASES, "euler": EULER_CASES, "lcm": LCM_CASES, "pndm": PNDM_CASES, "dpm": DPM_CASES,
+             "lcm_solver": LCM_SOLVER_CASES,
              "helpers": helpers, "sample_shape": list(SAMPLE_SHAPE)}
     (out / "sampling.json").write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out}/sampling.json and sampling.safetensors ({len(tensors)} tensors)")
+    # A DPM-Solver config file as diffusers saves it, to read back with the class's defaults.
+    dpm = DPMSolverMultistepScheduler(**SD15_BETAS, use_karras_sigmas=True)
+    (out / "dpm_scheduler_config.json").write_text(dpm.to_json_string())
 
 
 def main() -> int:

@@ -7,6 +7,7 @@
 
 #include "config/config_checks.h"
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace lisadiff::config {
 namespace {
@@ -40,6 +41,17 @@ void visit_fields(Self& c, Visitor& v) {
   v("final_sigmas_type", c.final_sigmas_type);
   v("original_inference_steps", c.original_inference_steps);
   v("timestep_scaling", c.timestep_scaling);
+  v("solver_order", c.solver_order);
+  v("algorithm_type", c.algorithm_type);
+  v("solver_type", c.solver_type);
+  v("lower_order_final", c.lower_order_final);
+  v("euler_at_final", c.euler_at_final);
+  v("use_lu_lambdas", c.use_lu_lambdas);
+  v("use_flow_sigmas", c.use_flow_sigmas);
+  v("flow_shift", c.flow_shift);
+  v("lambda_min_clipped", c.lambda_min_clipped);
+  v("use_dynamic_shifting", c.use_dynamic_shifting);
+  v("time_shift_type", c.time_shift_type);
 }
 
 struct SchedulerClass {
@@ -77,6 +89,15 @@ const std::vector<SchedulerClass>& classes() {
          c.beta_end = 0.012;
          c.beta_schedule = "scaled_linear";
          c.clip_sample = false;
+       }},
+      {"DPMSolverMultistepScheduler",
+       {"solver_order", "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "algorithm_type",
+        "solver_type", "lower_order_final", "euler_at_final", "use_karras_sigmas", "use_exponential_sigmas",
+        "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas", "flow_shift", "final_sigmas_type",
+        "lambda_min_clipped", "variance_type", "rescale_betas_zero_snr", "use_dynamic_shifting", "time_shift_type"},
+       [](SchedulerConfig& c) {
+         c.timestep_spacing = "linspace";
+         c.variance_type.reset();
        }},
   };
   return table;
@@ -116,8 +137,46 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
   return read_fields(defaults_for(class_name), reader, kVisit);
 }
 
+namespace {
+
+// Python's json writes float("-inf") as the bare token -Infinity, which is not JSON; diffusers
+// writes it for DPMSolverMultistepScheduler's lambda_min_clipped default. Outside strings that
+// token becomes null (which lambda_min_clipped reads as -inf); anything else stays a syntax error.
+Json read_scheduler_json(const std::filesystem::path& path) {
+  const std::string text = io::read_file(path);
+  const std::string token = "-Infinity";
+  std::string cleaned;
+  cleaned.reserve(text.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      if (ch == '\\' && i + 1 < text.size()) {
+        cleaned += ch;
+        cleaned += text[++i];
+        continue;
+      }
+      if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (text.compare(i, token.size(), token) == 0) {
+      cleaned += "null";
+      i += token.size() - 1;
+      continue;
+    }
+    cleaned += ch;
+  }
+  try {
+    return Json::parse(cleaned);
+  } catch (const Json::exception& e) {
+    throw Error(path.string(), std::string("not valid JSON: ") + e.what());
+  }
+}
+
+}  // namespace
+
 SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path) {
-  return read_config_file<SchedulerConfig>(path);
+  return from_json(read_scheduler_json(path), path.string());
 }
 
 SchedulerConfig SchedulerConfig::from_json_as(const Json& json, const std::string& source,
@@ -128,7 +187,7 @@ SchedulerConfig SchedulerConfig::from_json_as(const Json& json, const std::strin
 }
 
 SchedulerConfig SchedulerConfig::from_file_as(const std::filesystem::path& path, const std::string& class_name) {
-  return from_json_as(read_json_file(path), path.string(), class_name);
+  return from_json_as(read_scheduler_json(path), path.string(), class_name);
 }
 
 void SchedulerConfig::validate(const std::string& source) const {
@@ -136,8 +195,10 @@ void SchedulerConfig::validate(const std::string& source) const {
   require_one_of(source, "beta_schedule", beta_schedule, {"linear", "scaled_linear", "squaredcos_cap_v2"});
   require_one_of(source, "prediction_type", prediction_type, {"epsilon", "v_prediction", "sample"});
   require_one_of(source, "timestep_spacing", timestep_spacing, {"leading", "trailing", "linspace"});
-  require_one_of(source, "variance_type", variance_type,
-                 {"fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"});
+  if (variance_type) {
+    require_one_of(source, "variance_type", *variance_type,
+                   {"fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"});
+  }
   // Every beta is a per-step noise variance: outside (0, 1) the alphas turn negative or zero.
   const auto require_beta = [&](const char* key, double beta) {
     if (!(beta > 0.0 && beta < 1.0)) field_error(source, key, fmt::format("expected a value in (0, 1), found {}", beta));

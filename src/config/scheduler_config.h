@@ -32,7 +32,8 @@ struct SchedulerConfig {
   double dynamic_thresholding_ratio = 0.995;
   double sample_max_value = 1.0;
   bool rescale_betas_zero_snr = false;
-  std::string variance_type = "fixed_small";  // DDPM
+  // DDPM ("fixed_small"); DPMSolverMultistep (null, or "learned" / "learned_range").
+  std::optional<std::string> variance_type = "fixed_small";
   bool set_alpha_to_one = true;               // DDIM, PNDM, LCM
   bool skip_prk_steps = false;                // PNDM
   // EulerDiscrete.
@@ -43,14 +44,31 @@ struct SchedulerConfig {
   std::optional<double> sigma_min;
   std::optional<double> sigma_max;
   std::string timestep_type = "discrete";
-  std::string final_sigmas_type = "zero";
+  std::string final_sigmas_type = "zero";     // also DPMSolverMultistep
   // LCM.
   int original_inference_steps = 50;
   double timestep_scaling = 10.0;
+  // DPMSolverMultistep (also use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas,
+  // final_sigmas_type, thresholding and its keys, rescale_betas_zero_snr, variance_type).
+  int solver_order = 2;
+  std::string algorithm_type = "dpmsolver++";  // dpmsolver, dpmsolver++, sde-dpmsolver, sde-dpmsolver++
+  std::string solver_type = "midpoint";        // midpoint, heun
+  bool lower_order_final = true;
+  bool euler_at_final = false;
+  bool use_lu_lambdas = false;
+  bool use_flow_sigmas = false;
+  double flow_shift = 1.0;
+  // diffusers' default is -inf (no clipping), which Python's json writes as -Infinity: such a
+  // file reads as null here (see from_file), and null means -inf.
+  std::optional<double> lambda_min_clipped;
+  bool use_dynamic_shifting = false;
+  std::string time_shift_type = "exponential";
 
   // The defaults of `class_name` (DDPMScheduler's for a class lisadiff does not know).
   static SchedulerConfig defaults_for(const std::string& class_name);
   static SchedulerConfig from_json(const Json& json, const std::string& source);
+  // Reads the file as JSON, accepting the bare -Infinity Python's json writes for
+  // DPMSolverMultistepScheduler's lambda_min_clipped (read as null).
   static SchedulerConfig from_file(const std::filesystem::path& path);
   // The file read as `class_name` (one lisadiff implements): keys the file lacks take that
   // class's defaults, whatever its `_class_name` says, as diffusers' <Class>.from_config does

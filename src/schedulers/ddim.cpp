@@ -78,15 +78,20 @@ std::vector<double> leading_spacing(int train, int n) {
   return v;
 }
 
-std::vector<double> trailing_spacing(int train, int n, const std::string& who) {
+std::vector<double> trailing_spacing(int train, int n, const std::string& who, int start_at) {
   // numpy's arange(start, stop, step) has ceil((stop - start) / step) values: start,
   // start + step, then start + i * delta with delta = (start + step) - start.
-  const double start = train, step = -static_cast<double>(train) / n;
+  const double start = start_at < 0 ? train : start_at, step = -static_cast<double>(train) / n;
   const auto length = static_cast<int64_t>(std::ceil((0.0 - start) / step));
-  if (length != n) {
+  if (length > n) {
     throw Error(fmt::format("{}: timestep_spacing 'trailing' with {} steps: diffusers' schedule has {} timesteps here "
                             "(numpy arange rounding), the last one -1; choose another step count",
                             who, n, length));
+  }
+  if (length < n) {
+    throw Error(fmt::format("{}: timestep_spacing 'trailing' with {} steps from timestep {} (lambda_min_clipped): "
+                            "diffusers' schedule has only {} timesteps here; choose another spacing",
+                            who, n, start, length));
   }
   const double delta = (start + step) - start;
   std::vector<double> v(static_cast<std::size_t>(n));
@@ -95,6 +100,19 @@ std::vector<double> trailing_spacing(int train, int n, const std::string& who) {
     v[static_cast<std::size_t>(i)] = std::nearbyint(x);
   }
   return v;
+}
+
+std::vector<int64_t> integer_timesteps(const config::SchedulerConfig& config, int n, const std::string& who) {
+  const int train = config.num_train_timesteps;
+  std::vector<int64_t> t;
+  if (config.timestep_spacing == "linspace") {
+    for (const double v : linspace_spacing(train, n)) t.push_back(static_cast<int64_t>(std::nearbyint(v)));
+  } else if (config.timestep_spacing == "leading") {
+    for (const double v : leading_spacing(train, n)) t.push_back(static_cast<int64_t>(v) + config.steps_offset);
+  } else {  // trailing (validated)
+    for (const double v : trailing_spacing(train, n, who)) t.push_back(static_cast<int64_t>(v) - 1);
+  }
+  return t;
 }
 
 void check_step_inputs(const torch::Tensor& model_output, const torch::Tensor& sample, const std::string& what) {
@@ -131,16 +149,8 @@ void DDIMScheduler::set_timesteps(int n) {
     throw Error(fmt::format("DDIMScheduler::set_timesteps: num_inference_steps {} outside [1, num_train_timesteps = {}]",
                             n, train));
   }
-  std::vector<int64_t> t;
-  if (config_.timestep_spacing == "linspace") {
-    for (const double v : linspace_spacing(train, n)) t.push_back(static_cast<int64_t>(std::nearbyint(v)));
-  } else if (config_.timestep_spacing == "leading") {
-    for (const double v : leading_spacing(train, n)) t.push_back(static_cast<int64_t>(v) + config_.steps_offset);
-  } else {  // trailing (validated)
-    for (const double v : trailing_spacing(train, n, "DDIMScheduler::set_timesteps")) t.push_back(static_cast<int64_t>(v) - 1);
-  }
   num_inference_steps_ = n;
-  timesteps_ = torch::tensor(t, torch::kInt64);
+  timesteps_ = torch::tensor(integer_timesteps(config_, n, "DDIMScheduler::set_timesteps"), torch::kInt64);
 }
 
 torch::Tensor DDIMScheduler::variance(const torch::Tensor& alpha_prod_t, const torch::Tensor& alpha_prod_t_prev) const {

@@ -61,8 +61,13 @@ std::vector<double> leading_spacing(int num_train_timesteps, int n);
 // round(arange(num_train, 0, -num_train / n)) (numpy's arange arithmetic and round half to
 // even; the caller subtracts 1). For some n (61, 103, ... of 1000) numpy's arange yields n + 1
 // values and diffusers then schedules an extra timestep -1; that is refused here with an
-// error naming `who` instead of running a step at timestep -1.
-std::vector<double> trailing_spacing(int num_train_timesteps, int n, const std::string& who);
+// error naming `who` instead of running a step at timestep -1. `start` (default
+// num_train_timesteps) is where the spacing begins: DPM-Solver begins it below
+// num_train_timesteps with lambda_min_clipped, where numpy may give fewer values (refused too).
+std::vector<double> trailing_spacing(int num_train_timesteps, int n, const std::string& who, int start = -1);
+// The integer timesteps of DDIM and PNDM by the config's timestep_spacing, descending:
+// round(linspace), leading + steps_offset, or trailing - 1 (the errors of trailing_spacing).
+std::vector<int64_t> integer_timesteps(const config::SchedulerConfig& config, int n, const std::string& who);
 
 struct DDIMStepOptions {
   // 0: deterministic DDIM; 1: the DDPM posterior variance.

@@ -11,9 +11,7 @@
 #include "schedulers/ddpm.h"
 
 namespace lisadiff::schedulers {
-namespace {
 
-// numpy.interp(x, arange(len(fp)), fp) in float64.
 double interp_on_index_grid(double x, const std::vector<double>& fp) {
   const auto last = static_cast<double>(fp.size() - 1);
   if (x <= 0.0) return fp.front();
@@ -24,8 +22,6 @@ double interp_on_index_grid(double x, const std::vector<double>& fp) {
   return slope * (x - static_cast<double>(j)) + fp[j];
 }
 
-// diffusers' _sigma_to_t: the fractional timestep whose log-sigma interpolates `sigma`
-// between its two neighbours in the training schedule (float64; log_sigmas hold float32 values).
 double sigma_to_t(double sigma, const std::vector<double>& log_sigmas) {
   const double log_sigma = std::log(std::max(sigma, 1e-10));
   // numpy: cumsum(dists >= 0).argmax(), i.e. the last index at or below log_sigma (0 if none).
@@ -45,29 +41,50 @@ std::vector<double> to_doubles(const torch::Tensor& t) {
   return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
 }
 
-}  // namespace
+TrainingSigmas training_sigmas(const torch::Tensor& alphas_cumprod) {
+  // The training sigmas in float32, as diffusers computes them with torch; their logs in
+  // float32, as numpy's log of a float32 array.
+  TrainingSigmas out;
+  out.sigmas = to_doubles(((1 - alphas_cumprod) / alphas_cumprod).pow(0.5));
+  for (const double s : out.sigmas) out.log_sigmas.push_back(std::log(static_cast<float>(s)));
+  return out;
+}
+
+std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int n) {
+  const double rho = 7.0;
+  const double min_inv_rho = std::pow(sigma_min, 1 / rho), max_inv_rho = std::pow(sigma_max, 1 / rho);
+  std::vector<double> sigmas(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    // numpy.linspace(0, 1, n): i * (1 / (n - 1)), the last one exactly 1.
+    const double ramp = (n > 1 && i == n - 1) ? 1.0 : (n > 1 ? i * (1.0 / (n - 1)) : 0.0);
+    sigmas[static_cast<std::size_t>(i)] = std::pow(max_inv_rho + ramp * (min_inv_rho - max_inv_rho), rho);
+  }
+  return sigmas;
+}
+
+void check_sigma_options(const config::SchedulerConfig& c, const std::string& source, const std::string& who) {
+  if (int{c.use_karras_sigmas} + int{c.use_exponential_sigmas} + int{c.use_beta_sigmas} > 1) {
+    config::field_error(source, "use_karras_sigmas",
+                        "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be true");
+  }
+  if (c.use_exponential_sigmas) {
+    config::field_error(source, "use_exponential_sigmas", who + ": exponential sigmas are not supported (Karras sigmas are)");
+  }
+  if (c.use_beta_sigmas) {
+    config::field_error(source, "use_beta_sigmas", who + ": beta sigmas are not supported (Karras sigmas are)");
+  }
+  config::require_one_of(source, "final_sigmas_type", c.final_sigmas_type, {"zero", "sigma_min"});
+  if (c.sigma_min) config::require_positive(source, "sigma_min", *c.sigma_min);
+  if (c.sigma_max) config::require_positive(source, "sigma_max", *c.sigma_max);
+}
 
 EulerDiscreteScheduler::EulerDiscreteScheduler(config::SchedulerConfig config, const std::string& source)
     : config_(std::move(config)), source_(source) {
   config_.validate(source_);
   const auto& c = config_;
-  if (int{c.use_karras_sigmas} + int{c.use_exponential_sigmas} + int{c.use_beta_sigmas} > 1) {
-    config::field_error(source_, "use_karras_sigmas",
-                        "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be true");
-  }
-  if (c.use_exponential_sigmas) {
-    config::field_error(source_, "use_exponential_sigmas",
-                        "EulerDiscreteScheduler: exponential sigmas are not supported (Karras sigmas are)");
-  }
-  if (c.use_beta_sigmas) {
-    config::field_error(source_, "use_beta_sigmas",
-                        "EulerDiscreteScheduler: beta sigmas are not supported (Karras sigmas are)");
-  }
+  check_sigma_options(c, source_, "EulerDiscreteScheduler");
   config::require_one_of(source_, "interpolation_type", c.interpolation_type, {"linear", "log_linear"});
   config::require_one_of(source_, "timestep_type", c.timestep_type, {"discrete", "continuous"});
-  config::require_one_of(source_, "final_sigmas_type", c.final_sigmas_type, {"zero", "sigma_min"});
-  if (c.sigma_min) config::require_positive(source_, "sigma_min", *c.sigma_min);
-  if (c.sigma_max) config::require_positive(source_, "sigma_max", *c.sigma_max);
   alphas_cumprod_ = alphas_cumprod_of(config_);
   // diffusers: a zero-SNR schedule ends at alpha 0, i.e. sigma infinity; 2^-24 keeps it finite.
   if (c.rescale_betas_zero_snr) alphas_cumprod_[-1].fill_(std::ldexp(1.0, -24));
@@ -97,13 +114,7 @@ void EulerDiscreteScheduler::set_timesteps(int n) {
       timesteps.push_back(static_cast<float>(v) - 1.0f);
     }
   }
-  // The training sigmas in float32, as diffusers computes them with torch; their logs in
-  // float32, as numpy's log of a float32 array.
-  const auto train_sigmas = ((1 - alphas_cumprod_) / alphas_cumprod_).pow(0.5);
-  const auto sigma_table = to_doubles(train_sigmas);
-  std::vector<double> log_sigmas;
-  for (const double s : sigma_table) log_sigmas.push_back(std::log(static_cast<float>(s)));
-
+  const auto [sigma_table, log_sigmas] = training_sigmas(alphas_cumprod_);
   std::vector<double> sigmas;
   if (config_.interpolation_type == "linear") {
     for (const double t : timesteps) sigmas.push_back(interp_on_index_grid(t, sigma_table));
@@ -114,14 +125,7 @@ void EulerDiscreteScheduler::set_timesteps(int n) {
     // Karras et al. (2022) eq. 5 with rho = 7, between the schedule's ends (or the configured
     // sigma_min / sigma_max), then each sigma's fractional timestep.
     const double lo = config_.sigma_min.value_or(sigmas.back()), hi = config_.sigma_max.value_or(sigmas.front());
-    const double rho = 7.0;
-    const double min_inv_rho = std::pow(lo, 1 / rho), max_inv_rho = std::pow(hi, 1 / rho);
-    std::vector<double> karras(static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i) {
-      const double ramp = (n > 1 && i == n - 1) ? 1.0 : (n > 1 ? i * (1.0 / (n - 1)) : 0.0);
-      karras[static_cast<std::size_t>(i)] = std::pow(max_inv_rho + ramp * (min_inv_rho - max_inv_rho), rho);
-    }
-    sigmas = std::move(karras);
+    sigmas = karras_sigmas(lo, hi, n);
     timesteps.clear();
     for (const double s : sigmas) timesteps.push_back(static_cast<float>(sigma_to_t(s, log_sigmas)));
   }

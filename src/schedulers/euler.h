@@ -20,6 +20,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -27,6 +28,30 @@
 #include "schedulers/ddim.h"
 
 namespace lisadiff::schedulers {
+
+// Shared with DPMSolverMultistepScheduler (dpm_solver.h): the sigma schedule as numpy
+// computes it in float64.
+// numpy.interp(x, arange(len(fp)), fp).
+double interp_on_index_grid(double x, const std::vector<double>& fp);
+// diffusers' _sigma_to_t: the fractional timestep whose log-sigma interpolates `sigma`
+// between its two neighbours in the training schedule (log_sigmas hold float32 values).
+double sigma_to_t(double sigma, const std::vector<double>& log_sigmas);
+// A tensor's values as float64.
+std::vector<double> to_doubles(const torch::Tensor& t);
+// sqrt((1 - a) / a) per training timestep in float32 (as diffusers with torch), and their
+// logs in float32 (as numpy's log of a float32 array; numpy's SIMD log may differ from libm's
+// in the last bit), both as float64 values.
+struct TrainingSigmas {
+  std::vector<double> sigmas, log_sigmas;
+};
+TrainingSigmas training_sigmas(const torch::Tensor& alphas_cumprod);
+// The sigma options Euler and DPM-Solver share: at most one of use_karras_sigmas,
+// use_exponential_sigmas, use_beta_sigmas, and only Karras's (the others are refused naming
+// `who`); final_sigmas_type zero or sigma_min; positive sigma_min / sigma_max. Errors name
+// `source` and the key.
+void check_sigma_options(const config::SchedulerConfig& config, const std::string& source, const std::string& who);
+// Karras et al. (2022) eq. 5 with rho = 7: n sigmas from sigma_max down to sigma_min.
+std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int n);
 
 struct EulerStepOptions {
   // Stochastic sampling (Karras et al. Algorithm 2): where s_tmin <= sigma <= s_tmax the

@@ -234,9 +234,9 @@ TEST(SchedulerConfig, BadValuesAndUnknownClasses) {
   betas["trained_betas"] = Json::array({0.1, -0.2});
   EXPECT_THROW_WITH(SchedulerConfig::from_json(betas, src), "field 'trained_betas'", "found -0.2");
   const CapturedLog log;
-  const auto c = SchedulerConfig::from_json({{"_class_name", "DPMSolverMultistepScheduler"}, {"beta_end", 0.012}},
+  const auto c = SchedulerConfig::from_json({{"_class_name", "UniPCMultistepScheduler"}, {"beta_end", 0.012}},
                                             src);
-  EXPECT_NE(log.text().find("'DPMSolverMultistepScheduler' is not one lisadiff implements"), std::string::npos);
+  EXPECT_NE(log.text().find("'UniPCMultistepScheduler' is not one lisadiff implements"), std::string::npos);
   EXPECT_DOUBLE_EQ(c.beta_end, 0.012);
   EXPECT_DOUBLE_EQ(c.beta_start, 0.0001);
 }
