@@ -43,3 +43,20 @@ pkg_check_modules(LISADIFF_CODECS REQUIRED libarchive libjpeg libwebp libpng)
 add_library(lisadiff_codecs INTERFACE IMPORTED)
 target_include_directories(lisadiff_codecs INTERFACE ${LISADIFF_CODECS_INCLUDE_DIRS})
 target_link_libraries(lisadiff_codecs INTERFACE ${LISADIFF_CODECS_LINK_LIBRARIES})
+
+# Figures and image grids (src/io/canvas.h): cairo draws (anti-aliased paths, text, image
+# scaling, PNG encoding), FreeType loads the font that the core library carries compiled in
+# (DejaVu Sans from Debian's fonts-dejavu-core, read here at configure time), so nothing at
+# run time depends on a font being installed. Imported without pkg-config's Cflags, as above.
+# Their headers live in folders of their own (/usr/include/cairo, freetype2, glib-2.0, ...):
+# src/CMakeLists.txt gives those folders to src/io/canvas.cpp alone, so that the flags of
+# every other object and of the precompiled header, and with them their ccache entries, stay
+# as they are.
+pkg_check_modules(LISADIFF_CAIRO REQUIRED cairo cairo-ft freetype2)
+add_library(lisadiff_cairo INTERFACE IMPORTED)
+target_link_libraries(lisadiff_cairo INTERFACE ${LISADIFF_CAIRO_LINK_LIBRARIES})
+find_file(LISADIFF_FONT_FILE DejaVuSans.ttf PATHS /usr/share/fonts/truetype/dejavu NO_DEFAULT_PATH)
+if(NOT LISADIFF_FONT_FILE)
+  message(FATAL_ERROR "DejaVuSans.ttf not found under /usr/share/fonts/truetype/dejavu: run scripts/setup.sh "
+                      "(Debian fonts-dejavu-core)")
+endif()

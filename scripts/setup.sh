@@ -32,6 +32,7 @@ APT_PACKAGES=(
   python3 python3-venv
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libstb-dev libarchive-dev
   libjpeg62-turbo-dev libwebp-dev libpng-dev
+  libcairo2-dev libfreetype-dev fonts-dejavu-core
   libre2-dev libutf8proc-dev libgtest-dev libgmock-dev libbenchmark-dev
 )
 

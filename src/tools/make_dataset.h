@@ -21,9 +21,11 @@
 #include <string_view>
 #include <vector>
 
-#include "tools/raster.h"
+#include "io/canvas.h"
 
 namespace lisadiff::tools {
+
+using io::Rgb;
 
 struct MakeDatasetOptions {
   std::string kind;                  // "t2i", "ip2p" or "dpo"

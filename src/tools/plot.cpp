@@ -398,11 +398,13 @@ std::string format_step(double step) {
   return format_value(step);
 }
 
-// Sizes in pixels, all derived from the text scale so that large images stay proportionate.
+// Sizes in pixels, all derived from one scale that steps up with the width, so that large
+// images stay proportionate.
 struct Sizes {
-  int scale;       // font pixels per glyph pixel
+  int scale;       // 1 to 4: line widths and spacing
+  double font;     // text size, pixels per em
   int unit;        // spacing unit
-  int text_h;      // glyph cell height
+  int text_h;      // a line of text (the font's ascent + descent)
   int line_h;      // a line of text with its spacing
   int tick_len;
   int header_h;    // run summary and marker key
@@ -412,27 +414,28 @@ struct Sizes {
   int right;       // right margin
 };
 
+int width_of(const std::string& text, const Sizes& m);
+
 Sizes sizes_for(int width) {
   Sizes m{};
   m.scale = 1 + (width >= 800) + (width >= 2000) + (width >= 3200);
+  m.font = 6.5 + 4 * m.scale;  // 10.5, 14.5, 18.5, 22.5
   m.unit = 4 * m.scale;
-  m.text_h = text_height(m.scale);
+  m.text_h = static_cast<int>(std::ceil(io::font_metrics(m.font).line_height()));
   m.line_h = m.text_h + m.unit;
   m.tick_len = 2 * m.scale + 2;
   m.header_h = m.line_h + 2 * m.unit;
   m.title_h = m.line_h + m.unit / 2;
   m.panel_gap = 2 * m.unit;
   m.bottom_h = m.tick_len + m.unit / 2 + 2 * m.line_h + m.unit;
-  m.right = text_width("00000", m.scale) + m.unit;
+  m.right = width_of("00000", m) + m.unit;
   return m;
 }
 
-void draw_text_right(Canvas& canvas, int right, int y, const std::string& text, Rgb color, int scale) {
-  canvas.text(right - text_width(text, scale), y, text, color, scale);
+// Text widths in whole pixels, for layout.
+int width_of(const std::string& text, const Sizes& m) {
+  return static_cast<int>(std::ceil(io::text_width(text, m.font)));
 }
-
-// Text whose glyphs' visual centre (the middle of the 7 rows above the descender) is at y.
-int centred_text_top(double y, int scale) { return static_cast<int>(std::lround(y - 3.5 * scale)); }
 
 class FigureBuilder {
  public:
@@ -459,7 +462,7 @@ class FigureBuilder {
 
     int label_w = 0;
     for (const auto& p : panels_) {
-      for (const auto& t : p.y.ticks) label_w = std::max(label_w, text_width(t.label, m_.scale));
+      for (const auto& t : p.y.ticks) label_w = std::max(label_w, width_of(t.label, m_));
     }
     const int left = m_.unit + label_w + m_.unit / 2 + m_.tick_len;
     const int plot_w = options_.width - left - m_.right;
@@ -469,7 +472,7 @@ class FigureBuilder {
 
     Figure figure{Canvas(options_.width, height, kBackground), 0, 0, {}};
     set_x_range(figure);
-    const int x_target = std::max(2, plot_w / (text_width("000000", m_.scale) + 2 * m_.unit));
+    const int x_target = std::max(2, plot_w / (width_of("000000", m_) + 2 * m_.unit));
     x_ticks_ = linear_ticks(figure.x_min, figure.x_max, x_target, /*min_step=*/1);
 
     int top = m_.header_h;
@@ -587,9 +590,9 @@ class FigureBuilder {
       }
     }
     for (std::size_t i = 0; i < h.markers.size(); ++i) {
-      h.key_width += (i > 0 ? 4 * m_.unit : 0) + m_.scale + 2 * m_.unit + text_width(marker_label(h.markers[i]), m_.scale);
+      h.key_width += (i > 0 ? 4 * m_.unit : 0) + m_.scale + 2 * m_.unit + width_of(marker_label(h.markers[i]), m_);
     }
-    const int left_end = m_.unit + text_width(h.title + "  " + h.summary, m_.scale);
+    const int left_end = m_.unit + width_of(h.title + "  " + h.summary, m_);
     h.key_below = !h.markers.empty() && left_end + 4 * m_.unit > options_.width - m_.right - h.key_width;
     return h;
   }
@@ -612,8 +615,8 @@ class FigureBuilder {
   void draw_header(Figure& figure) const {
     Canvas& c = figure.canvas;
     int y = m_.unit;
-    c.text(m_.unit, y, header_.title, kText, m_.scale);
-    c.text(m_.unit + text_width(header_.title + "  ", m_.scale), y, header_.summary, kMuted, m_.scale);
+    c.text(m_.unit, y, header_.title, text(kText));
+    c.text(m_.unit + width_of(header_.title + "  ", m_), y, header_.summary, text(kMuted));
     if (header_.key_below) y += m_.line_h;
     int x = c.width() - m_.right - header_.key_width;
     for (const auto& marker : header_.markers) {
@@ -621,8 +624,8 @@ class FigureBuilder {
       for (int dx = 0; dx < m_.scale; ++dx) c.vline(x + dx, y - m_.scale, y + m_.text_h, style.label, style.dash);
       x += m_.scale + 2 * m_.unit;
       const std::string label = marker_label(marker);
-      c.text(x, y, label, style.label, m_.scale);
-      x += text_width(label, m_.scale) + 4 * m_.unit;
+      c.text(x, y, label, text(style.label));
+      x += width_of(label, m_) + 4 * m_.unit;
     }
   }
 
@@ -662,8 +665,8 @@ class FigureBuilder {
     }
     if (p.values.empty()) {
       const std::string note = "no positive values";
-      c.text((r.left + r.right - text_width(note, m_.scale)) / 2, centred_text_top((r.top + r.bottom) / 2.0, m_.scale),
-             note, kMuted, m_.scale);
+      c.text((r.left + r.right) / 2.0, (r.top + r.bottom) / 2.0, note,
+             text(kMuted, io::Align::centre, io::VAlign::middle));
     }
 
     // Frame, ticks, labels.
@@ -674,39 +677,42 @@ class FigureBuilder {
     for (const auto& t : p.y.ticks) {
       const double y = py(t.value);
       c.hline(r.left - 1 - m_.tick_len, r.left - 2, static_cast<int>(std::floor(y)), kAxisColor);
-      draw_text_right(c, r.left - 1 - m_.tick_len - m_.unit / 2, centred_text_top(y, m_.scale), t.label, kText, m_.scale);
+      c.text(r.left - 1 - m_.tick_len - m_.unit / 2, y, t.label, text(kText, io::Align::right, io::VAlign::middle));
     }
     for (const auto& t : x_ticks_) {
       const int x = static_cast<int>(std::floor(px(t.value)));
       c.vline(x, r.bottom + 1, r.bottom + m_.tick_len, kAxisColor);
       if (last) {
-        c.text(x - text_width(t.label, m_.scale) / 2, r.bottom + m_.tick_len + m_.unit / 2, t.label, kText, m_.scale);
+        c.text(x + 0.5, r.bottom + m_.tick_len + m_.unit / 2, t.label, text(kText, io::Align::centre));
       }
     }
     if (last) {
       const std::string label = "step";
-      c.text((r.left + r.right - text_width(label, m_.scale)) / 2, r.bottom + m_.tick_len + m_.unit / 2 + m_.line_h,
-             label, kText, m_.scale);
+      c.text((r.left + r.right) / 2.0, r.bottom + m_.tick_len + m_.unit / 2 + m_.line_h, label,
+             text(kText, io::Align::centre));
     }
     draw_title(c, p, r);
   }
 
   void draw_title(Canvas& c, const Panel& p, const PixelRect& r) const {
     const int y = r.top - m_.title_h + m_.unit / 2;
-    c.text(r.left, y, p.metric, kText, m_.scale);
+    c.text(r.left, y, p.metric, text(kText));
     std::vector<std::string> notes;
     if (p.window > 1) notes.push_back(fmt::format("moving average of {}", p.window));
     if (p.y.log) notes.push_back("log scale");
     if (p.dropped > 0) notes.push_back(fmt::format("{} values <= 0 not shown", p.dropped));
     if (!notes.empty()) {
-      c.text(r.left + text_width(p.metric + "  ", m_.scale), y, fmt::format("{}", fmt::join(notes, ", ")), kMuted,
-             m_.scale);
+      c.text(r.left + width_of(p.metric + "  ", m_), y, fmt::format("{}", fmt::join(notes, ", ")), text(kMuted));
     }
     if (!p.values.empty()) {
-      draw_text_right(c, r.right, y, fmt::format("last {} at step {}", format_value(p.values.back()),
-                                                 format_step(p.steps.back())),
-                      kMuted, m_.scale);
+      c.text(r.right, y, fmt::format("last {} at step {}", format_value(p.values.back()), format_step(p.steps.back())),
+             text(kMuted, io::Align::right));
     }
+  }
+
+  // Text at the figure's size; the anchor is the top-left corner of the line unless told.
+  io::TextStyle text(Rgb color, io::Align align = io::Align::left, io::VAlign valign = io::VAlign::top) const {
+    return {m_.font, color, align, valign};
   }
 
   const MetricsLog& log_;
@@ -741,7 +747,7 @@ fs::path plot_metrics(const fs::path& run_dir_or_file, const PlotOptions& option
   const MetricsLog log = read_metrics(file);
   const Figure figure = render_metrics(log, options);
   const fs::path out = options.out.empty() ? fs::path(file).replace_extension(".png") : options.out;
-  write_png(figure.canvas, out);
+  figure.canvas.write_png(out);
   return out;
 }
 

@@ -23,9 +23,15 @@
 #include <string_view>
 #include <vector>
 
-#include "tools/raster.h"
+#include "io/canvas.h"
 
 namespace lisadiff::tools {
+
+// The figure is drawn on an io::Canvas (cairo, DejaVu Sans); its types name pixels here too.
+using io::Canvas;
+using io::PixelRect;
+using io::Point;
+using io::Rgb;
 
 // One metric's values, ordered by step (each step at most once).
 struct MetricSeries {

@@ -1,5 +1,6 @@
-// `lisadiff plot`: metrics.jsonl parsing (values, gaps, events, broken lines), axis ticks, the
-// raster (text, anti-aliased lines), where known series land in the decoded PNG, and the CLI.
+// `lisadiff plot`: metrics.jsonl parsing (values, gaps, events, broken lines), axis ticks, where
+// known series land in the decoded PNG, and the CLI. The canvas it draws on (lines, text) has
+// its own tests, tests/io/test_canvas.cpp.
 #include <algorithm>
 #include <cmath>
 
@@ -8,7 +9,6 @@
 #include <stb/stb_image.h>
 
 #include "tools/plot.h"
-#include "tools/raster.h"
 #include "test_util.h"
 
 namespace lisadiff::tools {
@@ -176,60 +176,6 @@ TEST(PlotTicks, LogTicksAreDecadesOrOneTwoFive) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raster
-// ---------------------------------------------------------------------------------------------
-
-int ink_pixels(const Canvas& c, const PixelRect& r) {
-  int n = 0;
-  for (int y = r.top; y < r.bottom; ++y) {
-    for (int x = r.left; x < r.right; ++x) n += c.pixel(x, y) != kWhite;
-  }
-  return n;
-}
-
-TEST(PlotRaster, TextDrawsInsideItsBoxOnly) {
-  Canvas canvas(60, 30, kWhite);
-  const std::string label = "1e-4 lr";
-  canvas.text(3, 4, label, {0, 0, 0}, 1);
-  const PixelRect box{3, 4, 3 + text_width(label), 4 + text_height()};
-  EXPECT_EQ(text_width(label), 6 * 7 - 1);
-  EXPECT_GT(ink_pixels(canvas, box), 30);
-  EXPECT_EQ(ink_pixels(canvas, canvas.bounds()), ink_pixels(canvas, box));
-
-  // Glyphs differ from one another, and scale 2 doubles every font pixel.
-  Canvas one(20, 20, kWhite), seven(20, 20, kWhite), big(20, 20, kWhite);
-  one.text(0, 0, "1", {0, 0, 0});
-  seven.text(0, 0, "7", {0, 0, 0});
-  big.text(0, 0, "1", {0, 0, 0}, 2);
-  EXPECT_NE(one.rgb(), seven.rgb());
-  EXPECT_EQ(ink_pixels(big, big.bounds()), 4 * ink_pixels(one, one.bounds()));
-  EXPECT_EQ(big.pixel(5, 0), (Rgb{0, 0, 0}));  // '1' row 0: ..#.. -> columns 4-5 at scale 2
-  EXPECT_EQ(big.pixel(3, 0), kWhite);
-}
-
-TEST(PlotRaster, PolylineIsAntiAliasedAndClipped) {
-  Canvas canvas(100, 100, kWhite);
-  canvas.polyline({{10.5, 10.5}, {90.5, 40.5}}, {0, 0, 0}, 1.5, canvas.bounds());
-  // Full coverage on the line, partial next to it, nothing far away.
-  EXPECT_EQ(canvas.pixel(50, 25), (Rgb{0, 0, 0}));  // its centre (50.5, 25.5) is on the line
-  int partial = 0;
-  for (int x = 10; x < 90; ++x) {
-    for (int y = 0; y < 100; ++y) {
-      const Rgb p = canvas.pixel(x, y);
-      partial += p.r > 0 && p.r < 255;
-    }
-  }
-  EXPECT_GT(partial, 80);
-  EXPECT_EQ(canvas.pixel(50, 60), kWhite);
-
-  Canvas clipped(100, 100, kWhite);
-  const PixelRect left_half{0, 0, 50, 100};
-  clipped.polyline({{0, 50}, {99, 50}}, {0, 0, 0}, 2, left_half);
-  EXPECT_GT(ink_pixels(clipped, left_half), 0);
-  EXPECT_EQ(ink_pixels(clipped, {50, 0, 100, 100}), 0);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Rendering: decoded PNGs
 // ---------------------------------------------------------------------------------------------
 
@@ -300,7 +246,7 @@ TEST(PlotRender, KnownSeriesLandWhereExpected) {
   EXPECT_EQ(figure.panels[0].metric, "loss");
   EXPECT_EQ(figure.panels[1].metric, "lr");
   EXPECT_LT(figure.panels[0].plot.bottom, figure.panels[1].plot.top);  // stacked, loss on top
-  write_png(figure.canvas, dir / "known.png");
+  figure.canvas.write_png(dir / "known.png");
   const Image image = decode_png(dir / "known.png");
   ASSERT_EQ(image.width, 900);
 
