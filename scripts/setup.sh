@@ -33,6 +33,7 @@ APT_PACKAGES=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libstb-dev libarchive-dev
   libjpeg62-turbo-dev libwebp-dev
   libre2-dev libutf8proc-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libprotobuf-dev protobuf-compiler libboost-dev
 )
 
 say() { printf '[setup] %s\n' "$*"; }
