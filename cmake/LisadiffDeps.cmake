@@ -17,6 +17,20 @@ file(MAKE_DIRECTORY "${LISADIFF_SHIM_INCLUDE}")
 file(CREATE_LINK "${LISADIFF_FMT_INCLUDE}/fmt" "${LISADIFF_SHIM_INCLUDE}/fmt" SYMBOLIC)
 file(CREATE_LINK "${LISADIFF_SPDLOG_INCLUDE}/spdlog" "${LISADIFF_SHIM_INCLUDE}/spdlog" SYMBOLIC)
 
+# TensorBoard event files (src/io/tensorboard.cpp): protobuf (Debian's 3.21, the lite runtime)
+# for the Event/Summary messages generated from src/io/tfevent.proto, and Boost.CRC (header
+# only) for the TFRecords' CRC-32C. The torch wheel ships protobuf 3.13 headers in its include
+# directory too; a link in the same shim puts Debian's google/protobuf first, so the
+# generated code and every file that includes it see the headers of the library they link.
+find_package(Protobuf 3.21 REQUIRED)
+find_package(Boost 1.74 REQUIRED)
+find_path(LISADIFF_PROTOBUF_INCLUDE google/protobuf/message_lite.h PATHS /usr/include NO_DEFAULT_PATH)
+if(NOT LISADIFF_PROTOBUF_INCLUDE)
+  message(FATAL_ERROR "protobuf headers not found under /usr/include: run scripts/setup.sh (Debian libprotobuf-dev)")
+endif()
+file(MAKE_DIRECTORY "${LISADIFF_SHIM_INCLUDE}/google")
+file(CREATE_LINK "${LISADIFF_PROTOBUF_INCLUDE}/google/protobuf" "${LISADIFF_SHIM_INCLUDE}/google/protobuf" SYMBOLIC)
+
 # utf8proc (Unicode 15 data: NFC, general categories, case mapping) for the CLIP tokenizer;
 # src/models/clip_tokenizer.cpp says why it, and not RE2, does the tokenizer's Unicode work.
 # Not PkgConfig::UTF8PROC: its Cflags add -DUTF8PROC_EXPORTS (meaningful only for Windows DLLs),
@@ -28,7 +42,8 @@ target_include_directories(lisadiff_utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIRS})
 target_link_libraries(lisadiff_utf8proc INTERFACE ${UTF8PROC_LINK_LIBRARIES})
 
 # stb (header-only as lisadiff uses it): each implementation is compiled, with its functions
-# static, into the one source that needs it: src/data/image.cpp (stb_image, stb_image_write).
+# static, into the sources that need it: src/data/image.cpp (stb_image, stb_image_write) and
+# src/io/tensorboard.cpp (stb_image_write, for the PNGs of image summaries).
 find_path(LISADIFF_STB_INCLUDE stb/stb_image_write.h)
 if(NOT LISADIFF_STB_INCLUDE)
   message(FATAL_ERROR "stb headers (stb/stb_image_write.h) not found: run scripts/setup.sh (Debian libstb-dev)")

@@ -68,7 +68,7 @@ MetricsWriter::MetricsWriter(const fs::path& run_dir, bool enabled) {
 MetricsWriter::~MetricsWriter() { close(); }
 
 MetricsWriter::MetricsWriter(MetricsWriter&& other) noexcept
-    : file_(std::move(other.file_)), fd_(std::exchange(other.fd_, -1)) {
+    : file_(std::move(other.file_)), fd_(std::exchange(other.fd_, -1)), tensorboard_(std::move(other.tensorboard_)) {
   other.file_.clear();
 }
 
@@ -78,6 +78,7 @@ MetricsWriter& MetricsWriter::operator=(MetricsWriter&& other) noexcept {
     file_ = std::move(other.file_);
     other.file_.clear();
     fd_ = std::exchange(other.fd_, -1);
+    tensorboard_ = std::move(other.tensorboard_);
   }
   return *this;
 }
@@ -123,8 +124,7 @@ void MetricsWriter::append(const std::string& line) {
   }
 }
 
-void MetricsWriter::log(std::int64_t step, const OrderedJson& fields) {
-  if (!enabled()) return;
+void MetricsWriter::write_record(std::int64_t step, const OrderedJson& fields) {
   std::string line;
   try {
     line = format_record(step, fields);
@@ -133,6 +133,17 @@ void MetricsWriter::log(std::int64_t step, const OrderedJson& fields) {
   }
   line += '\n';
   append(line);
+}
+
+void MetricsWriter::log(std::int64_t step, const OrderedJson& fields) {
+  if (!enabled()) return;
+  write_record(step, fields);
+  if (!tensorboard_ || !fields.is_object()) return;
+  // JSON numbers only: a bool is not a metric, and NaN/inf are still doubles here (the line
+  // has them as null, TensorBoard keeps them as they are).
+  for (const auto& [key, value] : fields.items()) {
+    if (value.is_number()) tensorboard_->add_scalar(key, value.get<double>(), step);
+  }
 }
 
 void MetricsWriter::event(std::int64_t step, std::string_view kind, const OrderedJson& extra) {
@@ -148,11 +159,26 @@ void MetricsWriter::event(std::int64_t step, std::string_view kind, const Ordere
       fields[key] = value;
     }
   }
-  log(step, fields);
+  write_record(step, fields);
+  if (tensorboard_) tensorboard_->add_scalar("events/" + std::string(kind), 1.0, step);
 }
+
+void MetricsWriter::mirror_to_tensorboard(const fs::path& log_dir) {
+  if (!enabled()) return;
+  tensorboard_ = std::make_unique<io::TensorBoardWriter>(log_dir);
+}
+
+void MetricsWriter::add_image(std::string_view tag, const torch::Tensor& image, std::int64_t step) {
+  if (enabled() && tensorboard_) tensorboard_->add_image(tag, image, step);
+}
+
+fs::path MetricsWriter::tensorboard_file() const { return tensorboard_ ? tensorboard_->file() : fs::path(); }
 
 std::size_t MetricsWriter::truncate_after(std::int64_t step) {
   if (!enabled()) return 0;
+  // Event files are never rewritten: TensorBoard drops the later steps of the earlier files
+  // when it reads this START.
+  if (tensorboard_) tensorboard_->add_session_start(step + 1);
   const std::string text = io::read_file(file_);
   std::string kept;
   kept.reserve(text.size());

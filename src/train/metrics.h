@@ -14,6 +14,15 @@
 // truncate_after(N) to drop the records of the branch it abandons (steps after checkpoint-N).
 // Only one writer per file; a disabled writer (ranks other than 0) does nothing at all.
 //
+// A TensorBoard mirror (mirror_to_tensorboard(log_dir); `report_to` in the trainer's options)
+// also writes every record to an event file (src/io/tensorboard.h): each numeric field of a
+// log() line becomes a scalar tagged with the field name at that step (strings, nulls and
+// booleans are left out; NaN and inf stay NaN and inf), an event becomes the scalar
+// "events/<kind>" = 1 at its step (its extra fields stay in metrics.jsonl only), and
+// truncate_after(N) writes a SessionLog START at step N + 1, so TensorBoard drops the
+// abandoned branch of a resumed run from the files of the earlier runs. add_image() writes
+// an image (validation grids) to the mirror only.
+//
 // ProgressDisplay prints "step 120/1000 (12%) | loss 0.1834 | lr 1.00e-04 | 3.21 it/s |
 // 0:00:37 < 0:04:34 | active 1.2%" on stderr: rewritten in place every `interval` seconds
 // when stderr is a terminal, a plain line every `plain_interval` seconds otherwise (CI logs),
@@ -33,7 +42,12 @@
 #include <utility>
 #include <vector>
 
+#include <memory>
+
 #include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "io/tensorboard.h"
 
 namespace lisadiff::train {
 
@@ -69,6 +83,16 @@ class MetricsWriter {
   // of lines removed (0 when disabled or nothing was later).
   std::size_t truncate_after(std::int64_t step);
 
+  // Starts mirroring every later record to a new TensorBoard event file in `log_dir`
+  // (created with its parents). Does nothing on a disabled writer. Throws lisadiff::Error
+  // naming the folder or file when it cannot be created.
+  void mirror_to_tensorboard(const std::filesystem::path& log_dir);
+  // An image for TensorBoard (uint8 [H, W, 3] or floating-point [3, H, W] in [0, 1]; see
+  // io::TensorBoardWriter::add_image); nothing without a mirror.
+  void add_image(std::string_view tag, const torch::Tensor& image, std::int64_t step);
+  // The mirror's event file; empty without a mirror.
+  std::filesystem::path tensorboard_file() const;
+
   bool enabled() const { return fd_ >= 0; }
   // run_dir/metrics.jsonl; empty for a disabled writer.
   const std::filesystem::path& file() const { return file_; }
@@ -79,10 +103,12 @@ class MetricsWriter {
  private:
   void open_for_append();
   void append(const std::string& line);
+  void write_record(std::int64_t step, const nlohmann::ordered_json& fields);
   void close() noexcept;
 
   std::filesystem::path file_;
   int fd_ = -1;
+  std::unique_ptr<io::TensorBoardWriter> tensorboard_;
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -151,6 +151,12 @@ TrainerOptions TrainerOptions::read(config::FieldReader& r) {
   std::string out;
   r("output_dir", out);
   o.output_dir = out;
+  r("report_to", o.report_to);
+  std::string logging_dir = o.logging_dir.string();
+  r("logging_dir", logging_dir);
+  o.logging_dir = logging_dir;
+  r("tracker_name", o.tracker_project_name);  // the DPO script's name for it
+  r("tracker_project_name", o.tracker_project_name);
 
   r("use_ema", o.use_ema);
   r("ema_decay", o.ema.decay);
@@ -192,6 +198,11 @@ TrainerOptions TrainerOptions::read(config::FieldReader& r) {
 void TrainerOptions::validate(const std::string& src) const {
   using config::field_error;
   if (output_dir.empty()) field_error(src, "output_dir", "is required");
+  if (report_to != "tensorboard" && report_to != "wandb" && report_to != "comet_ml" && report_to != "all" &&
+      report_to != "none") {
+    field_error(src, "report_to", "'" + report_to + "' is not one of tensorboard, wandb, comet_ml, all, none");
+  }
+  if (logging_dir.empty()) field_error(src, "logging_dir", "must not be empty (the scripts' default is \"logs\")");
   if (max_train_steps < 1) field_error(src, "max_train_steps", fmt::format("must be >= 1, got {}", max_train_steps));
   if (gradient_accumulation_steps < 1) {
     field_error(src, "gradient_accumulation_steps", fmt::format("must be >= 1, got {}", gradient_accumulation_steps));
@@ -228,6 +239,11 @@ void TrainerOptions::validate(const std::string& src) const {
   s.validate(src);
 }
 
+fs::path TrainerOptions::tensorboard_dir() const {
+  const fs::path dir = output_dir / logging_dir;
+  return tracker_project_name.empty() ? dir : dir / tracker_project_name;
+}
+
 config::Json TrainerOptions::to_json() const {
   config::Json j = schedule.to_json();
   j["method"] = method_name(method);
@@ -246,6 +262,9 @@ config::Json TrainerOptions::to_json() const {
   j["checkpointing_steps"] = checkpointing_steps;
   j["checkpoints_total_limit"] = checkpoints_total_limit ? config::Json(*checkpoints_total_limit) : config::Json(nullptr);
   j["output_dir"] = output_dir.string();
+  j["report_to"] = report_to;
+  j["logging_dir"] = logging_dir.string();
+  j["tracker_project_name"] = tracker_project_name;
   j["use_ema"] = use_ema;
   if (method == TrainMethod::kLisa) {
     j["lisa_unit"] = lisa.unit == LisaUnit::kTensor ? "tensor" : "block";
@@ -355,6 +374,20 @@ Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(
   model_params_ = named_parameters(module);
   for (const auto& [name, p] : trainable_) owned_.insert(p.unsafeGetTensorImpl());
   metrics_ = MetricsWriter(options_.output_dir, options_.main_process);
+  if (options_.main_process && options_.report_to != "none") {
+    // wandb and comet_ml are network services: one warning, then what "tensorboard" writes,
+    // so that the scripts' commands run as written.
+    if (options_.report_to == "all") {
+      spdlog::warn("report_to all: wandb and comet_ml are network services that lisadiff does not talk to; "
+                   "writing TensorBoard event files only, to {} (and metrics.jsonl as always)",
+                   options_.tensorboard_dir().string());
+    } else if (options_.report_to != "tensorboard") {
+      spdlog::warn("report_to {}: {} is a network service that lisadiff does not talk to; writing TensorBoard "
+                   "event files to {} instead (and metrics.jsonl as always)",
+                   options_.report_to, options_.report_to, options_.tensorboard_dir().string());
+    }
+    metrics_.mirror_to_tensorboard(options_.tensorboard_dir());
+  }
   spdlog::info("{}: {} of {} ({} tensors can train, {} parameters train now), {} steps x {} micro-batches, "
                "mixed precision {}, frozen weights {}",
                options_.label.empty() ? "trainer" : options_.label, method_name(options_.method), model_.name,

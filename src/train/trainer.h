@@ -100,6 +100,18 @@ struct TrainerOptions {
   LisaOptions lisa;
   // "lora_rank" (alias "rank"), "lora_alpha", "lora_target_modules", "lora_init".
   LoraOptions lora;
+  // "report_to": where metrics go besides output_dir/metrics.jsonl, as the diffusers
+  // scripts' flag (default "tensorboard"): "tensorboard" writes TensorBoard event files
+  // (MetricsWriter::mirror_to_tensorboard) into output_dir/logging_dir[/tracker_project_name];
+  // "wandb", "comet_ml" and "all" need a network service that lisadiff does not talk to: the
+  // trainer logs one warning and writes the TensorBoard files instead; "none" writes none.
+  std::string report_to = "tensorboard";
+  // "logging_dir": the event files' folder, relative to output_dir (an absolute path stays
+  // as it is), as the scripts' Path(output_dir, logging_dir). Default "logs".
+  std::filesystem::path logging_dir = "logs";
+  // "tracker_project_name" (alias "tracker_name", the DPO script's): a subfolder of
+  // logging_dir for the event files, as accelerate's tracker makes; empty: none.
+  std::string tracker_project_name;
   bool main_process = true;  // rank 0 writes checkpoints, metrics and progress
   std::string label;         // printed first in progress lines
 
@@ -108,10 +120,12 @@ struct TrainerOptions {
   static TrainerOptions read(config::FieldReader& reader);
   // Throws lisadiff::Error "<source>: field '<key>': <problem>" for a missing output_dir or
   // max_train_steps, accumulation < 1, checkpointing_steps < 1, a total limit < 1,
-  // frozen_dtype without mixed precision or with method full, and what the parts' own
-  // validation finds.
+  // frozen_dtype without mixed precision or with method full, a report_to that is not one of
+  // tensorboard, wandb, comet_ml, all, none, and what the parts' own validation finds.
   void validate(const std::string& source = "trainer options") const;
   config::Json to_json() const;
+  // The folder TensorBoard event files go to: output_dir / logging_dir [/ tracker_project_name].
+  std::filesystem::path tensorboard_dir() const;
 };
 
 // The model a run trains, as the loop needs it.

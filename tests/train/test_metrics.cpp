@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "data/image.h"
+#include "io/tfevent_reader.h"
 #include "tools/plot.h"
 #include "train/metrics.h"
 #include "test_util.h"
@@ -258,6 +260,63 @@ TEST(MetricsWriter, IOErrorsNameThePath) {
     MetricsWriter writer(dir / "full");
     EXPECT_THROW_WITH(writer.log(1, {{"loss", 1.0}}), (dir / "full" / "metrics.jsonl").string(), "write failed");
   }
+}
+
+TEST(MetricsWriter, TensorBoardMirrorWritesEveryNumericFieldAsAScalar) {
+  TempDir dir;
+  const auto run = dir / "run";
+  const auto logs = run / "logs";
+  const auto points = [&](const std::string& tag) { return lisadiff::testing::tensorboard_scalars(logs, tag); };
+  using Points = std::vector<std::pair<std::int64_t, float>>;
+  MetricsWriter writer(run);
+  EXPECT_TRUE(writer.tensorboard_file().empty());
+  writer.log(1, {{"before_the_mirror", 1.0}});
+  writer.mirror_to_tensorboard(logs);
+  EXPECT_EQ(writer.tensorboard_file().parent_path(), logs);
+  writer.log(2, {{"loss", 0.5}, {"lr", 1e-4}, {"peak_memory", 123456789}, {"note", "text"}, {"flag", true},
+                 {"grad_norm", kNaN}, {"missing", nullptr}});
+  writer.log(3, {{"loss", 0.25}});
+  writer.event(4, "recall", {{"active_parameters", 10}});
+  writer.event(5, "checkpoint", {{"path", "checkpoint-5"}});
+  const torch::Tensor grid = torch::randint(0, 256, {2, 3, 3}, torch::kUInt8);
+  writer.add_image("validation", grid, 5);
+
+  EXPECT_EQ(points("loss"), (Points{{2, 0.5f}, {3, 0.25f}}));
+  EXPECT_EQ(points("lr"), (Points{{2, 1e-4f}}));
+  EXPECT_EQ(points("peak_memory"), (Points{{2, 123456789.0f}}));
+  ASSERT_EQ(points("grad_norm").size(), 1u);
+  EXPECT_TRUE(std::isnan(points("grad_norm")[0].second));  // null in the line, NaN in TensorBoard
+  EXPECT_EQ(points("events/recall"), (Points{{4, 1.0f}}));
+  EXPECT_EQ(points("events/checkpoint"), (Points{{5, 1.0f}}));
+  for (const std::string tag : {"before_the_mirror", "note", "flag", "missing", "active_parameters", "event", "step"}) {
+    EXPECT_TRUE(points(tag).empty()) << tag;
+  }
+  const auto events = lisadiff::testing::read_events(writer.tensorboard_file());
+  ASSERT_FALSE(events.empty());
+  const auto& image = events.back().summary().value(0);
+  EXPECT_EQ(image.tag(), "validation");
+  EXPECT_EQ(events.back().step(), 5);
+  EXPECT_TRUE(lisadiff::testing::same_tensor(data::decode_image(image.image().encoded_image_string(), "png"), grid));
+
+  // A resumed run: truncate_after(2) drops steps 3.. from TensorBoard's view too.
+  writer.truncate_after(2);
+  writer.log(3, {{"loss", 0.125}});
+  EXPECT_EQ(points("loss"), (Points{{2, 0.5f}, {3, 0.125f}}));
+  EXPECT_TRUE(points("events/recall").empty());
+  // metrics.jsonl is what it always was.
+  const auto lines = lines_of(read_file(run / "metrics.jsonl"));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[1], R"({"step":2,"loss":0.5,"lr":0.0001,"peak_memory":123456789,"note":"text","flag":true,"grad_norm":null,"missing":null})");
+}
+
+TEST(MetricsWriter, ADisabledWriterMirrorsNothing) {
+  TempDir dir;
+  MetricsWriter writer(dir / "run", /*enabled=*/false);
+  writer.mirror_to_tensorboard(dir / "run" / "logs");
+  writer.log(1, {{"loss", 1.0}});
+  writer.add_image("x", torch::zeros({2, 2, 3}, torch::kUInt8), 1);
+  EXPECT_TRUE(writer.tensorboard_file().empty());
+  EXPECT_FALSE(fs::exists(dir / "run"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "io/safetensors.h"
+#include "io/tfevent_reader.h"
 #include "models/unet.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -162,6 +163,21 @@ TEST_P(TrainerResume, ACrashAtStep7AndAResumeFromCheckpoint5EqualTheStraightRun)
   std::iota(expected.begin(), expected.end(), 1);
   EXPECT_EQ(logged_steps(tmp / "crashed/metrics.jsonl"), expected);
   EXPECT_TRUE(fs::exists(tmp / "crashed/checkpoint-10/training_state.json"));
+  // TensorBoard (report_to's default): the crashed run's file keeps its steps 6 and 7, the
+  // resumed run's file starts with a SessionLog START at step 6 that drops them, so what
+  // TensorBoard shows equals the straight run, step for step.
+  const auto files = testing::event_files(tmp / "crashed/logs");
+  ASSERT_EQ(files.size(), 2u);
+  std::size_t raw_losses = 0;
+  for (const auto& file : files) {
+    for (const auto& event : testing::read_events(file)) {
+      raw_losses += event.has_summary() && event.summary().value(0).tag() == "loss";
+    }
+  }
+  EXPECT_EQ(raw_losses, 14u);
+  const auto straight_tb = testing::tensorboard_scalars(tmp / "straight/logs", "loss");
+  ASSERT_EQ(straight_tb.size(), 12u);
+  EXPECT_EQ(testing::tensorboard_scalars(tmp / "crashed/logs", "loss"), straight_tb);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -417,6 +433,32 @@ TEST(TrainerOptions, ReadsTheScriptsKeysAndRejectsBadValues) {
   EXPECT_THROW_WITH(read({{"output_dir", "out"}, {"max_train_steps", 10}, {"optimizer_step", "eager"}}), "optimizer_step");
 }
 
+TEST(TrainerOptions, ReportToLoggingDirAndTrackerName) {
+  const auto read = [](config::Json j) {
+    j["output_dir"] = "out";
+    j["max_train_steps"] = 10;
+    config::FieldReader r(j, "run.json");
+    return TrainerOptions::read(r);
+  };
+  const auto defaults = read(config::Json::object());
+  EXPECT_EQ(defaults.report_to, "tensorboard");  // the diffusers scripts' default
+  EXPECT_EQ(defaults.logging_dir, "logs");
+  EXPECT_EQ(defaults.tensorboard_dir(), fs::path("out/logs"));
+  const auto o = read({{"report_to", "none"}, {"logging_dir", "tb"}, {"tracker_project_name", "text2image-fine-tune"}});
+  EXPECT_EQ(o.report_to, "none");
+  EXPECT_EQ(o.tensorboard_dir(), fs::path("out/tb/text2image-fine-tune"));
+  EXPECT_EQ(o.to_json().at("report_to"), "none");
+  EXPECT_EQ(o.to_json().at("logging_dir"), "tb");
+  EXPECT_EQ(read({{"tracker_name", "diffusion-dpo-lora"}}).tensorboard_dir(), fs::path("out/logs/diffusion-dpo-lora"));
+  EXPECT_EQ(read({{"logging_dir", "/var/tb"}}).tensorboard_dir(), fs::path("/var/tb"));  // as Path(out, "/var/tb")
+  for (const char* value : {"tensorboard", "wandb", "comet_ml", "all", "none"}) {
+    EXPECT_EQ(read({{"report_to", value}}).report_to, value);
+  }
+  EXPECT_THROW_WITH(read({{"report_to", "mlflow"}}), "run.json", "field 'report_to'", "'mlflow'",
+                    "tensorboard, wandb, comet_ml, all, none");
+  EXPECT_THROW_WITH(read({{"logging_dir", ""}}), "run.json", "field 'logging_dir'", "empty");
+}
+
 using ChangeOptions = std::function<void(TrainerOptions&)>;
 
 // Trains 5 steps into `out` (which writes checkpoint-5), `change` applied to the options.
@@ -439,6 +481,63 @@ void resume_checkpoint_5(const fs::path& out, TrainMethod method, const ChangeOp
   auto unet = micro_unet();
   Trainer trainer(train::trained_unet(unet), o);
   trainer.resume();
+}
+
+// The values of `key` in the step lines (not the events) of a metrics.jsonl.
+std::vector<double> metrics_values(const fs::path& metrics, const std::string& key) {
+  std::vector<double> values;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("event") && j.contains(key) && j.at(key).is_number()) values.push_back(j.at(key).get<double>());
+  }
+  return values;
+}
+
+TEST(Trainer, ReportToTensorBoardMirrorsTheMetricsLines) {
+  TempDir tmp;
+  train_five_steps(tmp / "run", TrainMethod::kLisa);
+  const auto files = testing::event_files(tmp / "run/logs");
+  ASSERT_EQ(files.size(), 1u);
+  for (const std::string key : {"loss", "lr", "grad_norm", "active_parameters", "pred_std"}) {
+    const auto points = testing::tensorboard_scalars(tmp / "run/logs", key);
+    const auto values = metrics_values(tmp / "run/metrics.jsonl", key);
+    ASSERT_EQ(points.size(), 5u) << key;
+    ASSERT_EQ(values.size(), 5u) << key;
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      EXPECT_EQ(points[i].first, static_cast<std::int64_t>(i + 1)) << key;
+      EXPECT_EQ(points[i].second, static_cast<float>(values[i])) << key << " at step " << i + 1;
+    }
+  }
+  // Events as scalars of 1: LISA's first draw and checkpoint-5.
+  EXPECT_EQ(testing::tensorboard_scalars(tmp / "run/logs", "events/checkpoint"),
+            (std::vector<std::pair<std::int64_t, float>>{{5, 1.0f}}));
+  EXPECT_FALSE(testing::tensorboard_scalars(tmp / "run/logs", "events/recall").empty());
+}
+
+TEST(Trainer, ReportToNetworkTrackersWarnOnceAndWriteTensorBoardNoneWritesNothing) {
+  for (const std::string tracker : {"wandb", "comet_ml", "all"}) {
+    TempDir tmp;
+    testing::CapturedLog log;
+    train_five_steps(tmp / "run", TrainMethod::kLisa, [&](TrainerOptions& o) {
+      o.report_to = tracker;
+      o.logging_dir = "tb";
+    });
+    const std::string text = log.text();
+    const std::string warning = "report_to " + tracker + ":";
+    const auto first = text.find(warning);
+    ASSERT_NE(first, std::string::npos) << text;
+    EXPECT_EQ(text.find(warning, first + 1), std::string::npos) << "warned more than once:\n" << text;
+    EXPECT_NE(text.find("TensorBoard"), std::string::npos) << text;
+    EXPECT_EQ(testing::tensorboard_scalars(tmp / "run/tb", "loss").size(), 5u) << tracker;
+  }
+  TempDir tmp;
+  testing::CapturedLog log;
+  train_five_steps(tmp / "run", TrainMethod::kLisa, [](TrainerOptions& o) { o.report_to = "none"; });
+  EXPECT_FALSE(fs::exists(tmp / "run/logs"));
+  EXPECT_EQ(log.text().find("report_to"), std::string::npos);
+  EXPECT_EQ(metrics_values(tmp / "run/metrics.jsonl", "loss").size(), 5u);  // metrics.jsonl as always
 }
 
 TEST(Trainer, ResumingIntoAnotherMethodIsAnError) {
