@@ -73,6 +73,15 @@ CASES = {
                      image_guidance=1.5, steps=5, images_per_prompt=2, seed=8, image="source.png"),
     "ip2p_nocfg": dict(pipe="ip2p-micro", scheduler="EulerDiscreteScheduler", prompts=["make it green"],
                        guidance=1.0, image_guidance=1.5, steps=4, images_per_prompt=1, seed=9, image="source.png"),
+    # SD1.5's own PNDM setting (skip_prk_steps: n + 1 model calls), and the Runge-Kutta start.
+    "pndm_cfg": dict(pipe="micro-sd", scheduler="PNDMScheduler", prompts=PROMPTS, guidance=7.5, steps=6,
+                     images_per_prompt=1, seed=13, scheduler_kwargs=dict(skip_prk_steps=True)),
+    "pndm_prk": dict(pipe="micro-sd", scheduler="PNDMScheduler", prompts=PROMPTS[:1], guidance=7.5, steps=4,
+                     images_per_prompt=1, seed=16),
+    "dpm_cfg": dict(pipe="micro-sd", scheduler="DPMSolverMultistepScheduler", prompts=PROMPTS[:1], guidance=7.5,
+                    steps=6, images_per_prompt=2, seed=14),
+    "dpm_karras_nocfg": dict(pipe="micro-sd", scheduler="DPMSolverMultistepScheduler", prompts=PROMPTS[:1],
+                             guidance=1.0, steps=5, images_per_prompt=1, seed=15, scheduler_kwargs=dict(use_karras_sigmas=True)),
     # micro-sd with lora.safetensors (written below) loaded by load_lora_weights, at scale 0.7.
     "lora_ddim": dict(pipe="micro-sd", scheduler="DDIMScheduler", prompts=PROMPTS[:1], guidance=7.5, steps=4,
                       images_per_prompt=1, seed=10, lora="lora.safetensors", lora_scale=0.7),
@@ -133,7 +142,8 @@ def run_case(name: str, case: dict, out: Path, tensors: dict) -> None:
     is_ip2p = "image" in case
     cls = StableDiffusionInstructPix2PixPipeline if is_ip2p else StableDiffusionPipeline
     pipe = cls.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = getattr(diffusers, case["scheduler"]).from_config(pipe.scheduler.config)
+    pipe.scheduler = getattr(diffusers, case["scheduler"]).from_config(pipe.scheduler.config,
+                                                                       **case.get("scheduler_kwargs", {}))
     pipe.set_progress_bar_config(disable=True)
     if "lora" in case:
         pipe.load_lora_weights(out / case["lora"])
@@ -167,7 +177,9 @@ def run_case(name: str, case: dict, out: Path, tensors: dict) -> None:
         steps_seen.clear()
         result = pipe(generator=torch.Generator().manual_seed(case["seed"]), output_type=output_type, **kwargs)
         images.append(result.images)
-    assert steps_seen == list(range(case["steps"])), steps_seen
+    # PNDM calls the model more often than num_inference_steps (its warm-up steps).
+    assert steps_seen == list(range(len(pipe.scheduler.timesteps))), steps_seen
+    case["loop_steps"] = len(steps_seen)
     tensors[f"{name}.image"] = torch.from_numpy(np.ascontiguousarray(images[0])).float()
     tensors[f"{name}.image_u8"] = torch.from_numpy(np.stack([np.asarray(im) for im in images[1]]))
 

@@ -33,7 +33,7 @@ CommandRunner add_generate(CLI::App& app) {
   cmd->add_option("--lora", o->lora, "LoRA file (pytorch_lora_weights.safetensors)")->check(CLI::ExistingFile);
   cmd->add_option("--lora_scale,--lora-scale", o->lora_scale, "Strength of the LoRA update")->capture_default_str();
   cmd->add_option("--scheduler", o->scheduler,
-                  "ddim, euler or lcm (or the diffusers class name); default: the pipeline's own");
+                  "ddim, euler, lcm, pndm or dpm (or the diffusers class name); default: the pipeline's own");
   cmd->add_option("--steps,--num_inference_steps", *steps,
                   "Denoising steps (default 50; 100 for InstructPix2Pix; 4 for an LCM UNet)")
       ->check(CLI::PositiveNumber);

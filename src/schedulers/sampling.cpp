@@ -5,7 +5,9 @@
 #include "core/error.h"
 #include "schedulers/ddim.h"
 #include "schedulers/euler.h"
+#include "schedulers/dpm_solver.h"
 #include "schedulers/lcm.h"
+#include "schedulers/pndm.h"
 
 namespace lisadiff::schedulers {
 namespace {
@@ -66,10 +68,25 @@ class LcmSampler final : public Adapter<LCMScheduler, int64_t> {
   }
 };
 
+// PNDM and DPM-Solver take neither eta nor a generator (diffusers passes them none).
+template <typename Scheduler>
+class PlainSampler final : public Adapter<Scheduler, int64_t> {
+ public:
+  using Adapter<Scheduler, int64_t>::Adapter;
+  torch::Tensor step(const torch::Tensor& out, const torch::Tensor& t, const torch::Tensor& sample,
+                     const SamplerStepSettings&) override {
+    return this->s_.step(out, this->time(t), sample).prev_sample;
+  }
+};
+
 }  // namespace
 
 std::vector<std::pair<std::string, std::string>> sampler_names() {
-  return {{"ddim", "DDIMScheduler"}, {"euler", "EulerDiscreteScheduler"}, {"lcm", "LCMScheduler"}};
+  return {{"ddim", "DDIMScheduler"},
+          {"euler", "EulerDiscreteScheduler"},
+          {"lcm", "LCMScheduler"},
+          {"pndm", "PNDMScheduler"},
+          {"dpm", "DPMSolverMultistepScheduler"}};
 }
 
 std::string sampler_class(const std::string& name) {
@@ -98,6 +115,10 @@ std::unique_ptr<Sampler> make_sampler(const std::string& name, const config::Jso
   auto config = config::SchedulerConfig::from_json_as(json, source, cls);
   if (cls == "DDIMScheduler") return std::make_unique<DdimSampler>(cls, std::move(config), source);
   if (cls == "EulerDiscreteScheduler") return std::make_unique<EulerSampler>(cls, std::move(config), source);
+  if (cls == "PNDMScheduler") return std::make_unique<PlainSampler<PNDMScheduler>>(cls, std::move(config), source);
+  if (cls == "DPMSolverMultistepScheduler") {
+    return std::make_unique<PlainSampler<DPMSolverMultistepScheduler>>(cls, std::move(config), source);
+  }
   return std::make_unique<LcmSampler>(cls, std::move(config), source);
 }
 

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "data/image.h"
 #include "io/atomic_file.h"
+#include "io/image_grid.h"
 #include "io/png.h"
 #include "pipelines/instruct_pix2pix.h"
 #include "pipelines/text_to_image.h"
@@ -118,6 +119,8 @@ GenerateSummary generate(const GenerateOptions& o) {
 
   const int total = static_cast<int>(prompts.size()) * o.images_per_prompt;
   std::string jsonl;
+  std::vector<torch::Tensor> grid_images;
+  std::vector<std::string> captions;
   GenerateSummary summary;
   summary.out = o.out;
   const auto start = std::chrono::steady_clock::now();
@@ -189,6 +192,8 @@ GenerateSummary generate(const GenerateOptions& o) {
       text.emplace_back(it.key(), it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
     }
     io::write_png_with_text(o.out / file, pixels, text);
+    grid_images.push_back(pixels.contiguous());
+    captions.push_back(fmt::format("{} (seed {})", prompts[p], seed));
     record["seconds"] = seconds;
     jsonl += record.dump() + "\n";
     io::write_file_atomic(o.out / "images.jsonl", jsonl);
@@ -196,6 +201,17 @@ GenerateSummary generate(const GenerateOptions& o) {
     ++summary.images;
   }
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // grid.png: every image with its prompt and seed, a row per prompt when there are several
+  // images per prompt.
+  std::vector<io::RgbView> views;
+  for (const auto& image : grid_images) {
+    views.push_back({image.data_ptr<std::uint8_t>(), static_cast<int>(image.size(1)), static_cast<int>(image.size(0))});
+  }
+  io::GridOptions grid;
+  grid.header = fmt::format("{}: {} steps, {}, guidance {}", o.pipeline.filename().string(), steps,
+                            sampler->class_name(), number(o.guidance_scale));
+  const int columns = o.images_per_prompt > 1 ? o.images_per_prompt : std::min(total, 4);
+  io::write_captioned_grid(o.out / "grid.png", views, captions, columns, grid);
   return summary;
 }
 

@@ -10,6 +10,7 @@
 //                             scheduler, guidance_scale, image_guidance_scale, width, height,
 //                             model, unet, lora, lora_scale, image, software)
 //   images.jsonl              one line per image with the same keys and its file name
+//   grid.png                  all images captioned with their prompt and seed
 // Everything is checked (pipeline, UNet/LoRA fit, prompts, image) before OUT is created.
 #pragma once
 

@@ -60,7 +60,9 @@ Run run(const std::string& name) {
     with_lora = pipelines::load_components(fixtures_dir() / "pipelines" / c.at("pipe").get<std::string>(), lo);
   }
   auto& comps = with_lora ? *with_lora : components(c.at("pipe").get<std::string>());
-  auto sampler = comps.sampler(c.at("scheduler").get<std::string>());
+  auto scheduler_config = comps.scheduler_config;  // from_config(config, **scheduler_kwargs)
+  if (c.contains("scheduler_kwargs")) scheduler_config.update(c.at("scheduler_kwargs"));
+  auto sampler = schedulers::make_sampler(c.at("scheduler").get<std::string>(), scheduler_config, "scheduler_config.json");
   Run out;
   const auto record = [&](int, int, const torch::Tensor& latents) { out.latents.push_back(latents.clone()); };
   if (c.contains("image")) {
@@ -102,7 +104,7 @@ class PipelineParity : public ::testing::TestWithParam<std::string> {};
 TEST_P(PipelineParity, LatentsEveryStepAndImagesEqualDiffusers) {
   const std::string name = GetParam();
   const auto r = run(name);
-  const auto steps = cases().at(name).at("steps").get<std::size_t>();
+  const auto steps = cases().at(name).at("loop_steps").get<std::size_t>();  // model calls (PNDM: more)
   ASSERT_EQ(r.latents.size(), steps);
   double worst_latent = 0;
   for (std::size_t i = 0; i < steps; ++i) {
@@ -134,7 +136,7 @@ TEST_P(PipelineParity, LatentsEveryStepAndImagesEqualDiffusers) {
 INSTANTIATE_TEST_SUITE_P(Cases, PipelineParity,
                          ::testing::Values("ddim_cfg", "ddim_cfg_negative", "ddim_eta", "ddim_nocfg", "euler_cfg",
                                            "euler_nocfg", "lcm_1", "lcm_2", "lcm_4", "ip2p_cfg", "ip2p_nocfg",
-                                           "lora_ddim"),
+                                           "pndm_cfg", "pndm_prk", "dpm_cfg", "dpm_karras_nocfg", "lora_ddim"),
                          [](const auto& info) { return info.param; });
 
 // The seed gives diffusers' initial latents: torch.randn(shape, generator=Generator().manual_seed(seed)).

@@ -29,6 +29,7 @@ TEST(Generate, WritesPngsWithTheirParametersAndImagesJsonl) {
   std::vector<nlohmann::json> lines;
   for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
   ASSERT_EQ(lines.size(), 4u);
+  EXPECT_TRUE(fs::exists(out / "grid.png"));
   EXPECT_EQ(lines[2].at("prompt"), "a green square");
   EXPECT_EQ(lines[3].at("seed"), 8);  // seed + i
   const auto text = io::read_png_text(testing::read_file(out / "0003.png"), "0003.png");
