@@ -137,12 +137,10 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
   return read_fields(defaults_for(class_name), reader, kVisit);
 }
 
-namespace {
-
 // Python's json writes float("-inf") as the bare token -Infinity, which is not JSON; diffusers
 // writes it for DPMSolverMultistepScheduler's lambda_min_clipped default. Outside strings that
 // token becomes null (which lambda_min_clipped reads as -inf); anything else stays a syntax error.
-Json read_scheduler_json(const std::filesystem::path& path) {
+Json read_scheduler_json_file(const std::filesystem::path& path) {
   const std::string text = io::read_file(path);
   const std::string token = "-Infinity";
   std::string cleaned;
@@ -173,10 +171,8 @@ Json read_scheduler_json(const std::filesystem::path& path) {
   }
 }
 
-}  // namespace
-
 SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path) {
-  return from_json(read_scheduler_json(path), path.string());
+  return from_json(read_scheduler_json_file(path), path.string());
 }
 
 SchedulerConfig SchedulerConfig::from_json_as(const Json& json, const std::string& source,
@@ -187,7 +183,7 @@ SchedulerConfig SchedulerConfig::from_json_as(const Json& json, const std::strin
 }
 
 SchedulerConfig SchedulerConfig::from_file_as(const std::filesystem::path& path, const std::string& class_name) {
-  return from_json_as(read_scheduler_json(path), path.string(), class_name);
+  return from_json_as(read_scheduler_json_file(path), path.string(), class_name);
 }
 
 void SchedulerConfig::validate(const std::string& source) const {

@@ -83,4 +83,9 @@ struct SchedulerConfig {
   std::string summary() const;
 };
 
+// A scheduler_config.json as JSON, accepting the bare -Infinity Python's json writes (read as
+// null); what from_file reads and what pipelines keep to build any scheduler from. Throws
+// lisadiff::Error naming the file for a missing or malformed one.
+Json read_scheduler_json_file(const std::filesystem::path& path);
+
 }  // namespace lisadiff::config

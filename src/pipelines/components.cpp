@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "config/scheduler_config.h"
 #include "core/error.h"
 #include "pipelines/lora.h"
 
@@ -38,7 +39,7 @@ Components load_components(const fs::path& folder, const PipelineLoadOptions& op
     m->eval();
   }
   c.scheduler_source = folder / "scheduler" / "scheduler_config.json";
-  c.scheduler_config = config::read_json_file(c.scheduler_source);
+  c.scheduler_config = config::read_scheduler_json_file(c.scheduler_source);
   if (!options.lora.empty()) apply_lora(c, options.lora, options.lora_scale);
   return c;
 }

@@ -171,6 +171,25 @@ TEST(Pipelines, BadInputsAreOneLineErrors) {
   EXPECT_THROW_WITH(sd.sampler("karras"), "unknown scheduler 'karras'", "ddim");
 }
 
+// diffusers writes DPMSolverMultistepScheduler's lambda_min_clipped default as the bare
+// -Infinity of Python's json; such a pipeline folder loads and its scheduler is built.
+TEST(Pipelines, SchedulerConfigWithMinusInfinityLoads) {
+  testing::TempDir tmp;
+  fs::copy(fixtures_dir() / "pipelines/micro-sd", tmp / "pipe", fs::copy_options::recursive);
+  testing::write_file(tmp / "pipe/scheduler/scheduler_config.json",
+                      R"({"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "scaled_linear",
+                          "beta_start": 0.00085, "beta_end": 0.012, "lambda_min_clipped": -Infinity,
+                          "algorithm_type": "dpmsolver++", "num_train_timesteps": 1000})");
+  auto comps = pipelines::load_components(tmp / "pipe");
+  EXPECT_TRUE(comps.scheduler_config.at("lambda_min_clipped").is_null());
+  auto sampler = comps.sampler();
+  EXPECT_EQ(sampler->class_name(), "DPMSolverMultistepScheduler");
+  sampler->set_timesteps(4);
+  EXPECT_EQ(sampler->timesteps().size(0), 4);
+  testing::write_file(tmp / "pipe/scheduler/scheduler_config.json", R"({"beta_end": -Infinit})");
+  EXPECT_THROW_WITH(pipelines::load_components(tmp / "pipe"), "scheduler_config.json", "not valid JSON");
+}
+
 // A LoRA file that does not fit the UNet is refused naming the file and the key, and leaves
 // the pipeline without adapters.
 TEST(Pipelines, LoraFilesThatDoNotFitAreRefused) {
