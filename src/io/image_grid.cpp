@@ -5,6 +5,8 @@
 #include <cstdint>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
 
 #include "core/error.h"
 
@@ -108,6 +110,14 @@ RgbImage captioned_grid(const std::vector<RgbView>& images, const std::vector<st
     }
   }
   return canvas.image();
+}
+
+RgbView rgb_view(const torch::Tensor& t) {
+  if (t.scalar_type() != torch::kUInt8 || t.dim() != 3 || t.size(2) != 3 || !t.is_contiguous() || !t.device().is_cpu()) {
+    throw Error(fmt::format("an image view needs a contiguous uint8 [H, W, 3] CPU tensor, got {} {}",
+                            c10::toString(t.scalar_type()), fmt::join(t.sizes(), "x")));
+  }
+  return {t.data_ptr<std::uint8_t>(), static_cast<int>(t.size(1)), static_cast<int>(t.size(0))};
 }
 
 void write_captioned_grid(const std::filesystem::path& path, const std::vector<RgbView>& images,

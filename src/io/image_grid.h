@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/types.h>
+
 #include "io/canvas.h"
 
 namespace lisadiff::io {
@@ -59,6 +61,10 @@ GridLayout grid_layout(int count, int tile_width, int tile_height, int columns, 
 // that does not match.
 RgbImage captioned_grid(const std::vector<RgbView>& images, const std::vector<std::string>& captions, int columns,
                         const GridOptions& options = {});
+
+// A view of a uint8 [H, W, 3] contiguous CPU tensor (which must outlive the view). Throws
+// lisadiff::Error for another dtype, layout or device.
+RgbView rgb_view(const torch::Tensor& hwc_uint8);
 
 // captioned_grid, written atomically as a PNG to `path`.
 void write_captioned_grid(const std::filesystem::path& path, const std::vector<RgbView>& images,

@@ -50,7 +50,7 @@ DecodedImages instruct_pix2pix(Components& c, schedulers::Sampler& sampler, cons
   image_latents = torch::cat(std::vector<torch::Tensor>(static_cast<std::size_t>(batch), image_latents));
   if (cfg) image_latents = torch::cat({image_latents, image_latents, torch::zeros_like(image_latents)});
 
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  auto generator = o.generator ? *o.generator : at::make_generator<at::CPUGeneratorImpl>(o.seed);
   auto latents = initial_latents(c, generator, batch, latent_channels, height / vsf, width / vsf,
                                  sampler.init_noise_sigma());
   schedulers::SamplerStepSettings settings;

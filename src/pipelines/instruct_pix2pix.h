@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,10 @@ struct InstructPix2PixOptions {
   int num_inference_steps = 100;  // the pipeline's default
   double eta = 0.0;
   uint64_t seed = 0;
+  // A CPU generator to draw from instead of a new one seeded with `seed`: it goes on from
+  // where earlier calls left it, as when a diffusers script passes the same generator to
+  // several pipeline calls (the recipes' validation).
+  std::optional<at::Generator> generator;
   StepCallback on_step;
 };
 

@@ -40,7 +40,7 @@ DecodedImages text_to_image(Components& c, schedulers::Sampler& sampler, const T
     embeds = torch::cat({negative, embeds});
   }
   sampler.set_timesteps(o.num_inference_steps);
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  auto generator = o.generator ? *o.generator : at::make_generator<at::CPUGeneratorImpl>(o.seed);
   auto latents = initial_latents(c, generator, batch, latent_channels, height / vsf, width / vsf,
                                  sampler.init_noise_sigma());
   torch::Tensor timestep_cond;

@@ -29,6 +29,10 @@ struct TextToImageOptions {
   int num_inference_steps = 50;
   double eta = 0.0;  // DDIM only
   uint64_t seed = 0;
+  // A CPU generator to draw from instead of a new one seeded with `seed`: it goes on from
+  // where earlier calls left it, as when a diffusers script passes the same generator to
+  // several pipeline calls (the recipes' validation).
+  std::optional<at::Generator> generator;
   StepCallback on_step;
 };
 

@@ -13,8 +13,7 @@
 #include "io/atomic_file.h"
 #include "io/image_grid.h"
 #include "io/png.h"
-#include "pipelines/instruct_pix2pix.h"
-#include "pipelines/text_to_image.h"
+#include "pipelines/generation.h"
 
 namespace lisadiff::tools {
 
@@ -93,7 +92,7 @@ GenerateSummary generate(const GenerateOptions& o) {
   lo.lora_scale = o.lora_scale;
   auto parts = pipelines::load_components(o.pipeline, lo);
   auto sampler = parts.sampler(o.scheduler);
-  const bool edit = parts.unet->config.in_channels == 2 * parts.vae->config.latent_channels;
+  const bool edit = pipelines::is_edit_unet(parts);
   const bool lcm = parts.unet->config.time_cond_proj_dim.has_value();
   torch::Tensor source;
   if (edit) {
@@ -129,30 +128,18 @@ GenerateSummary generate(const GenerateOptions& o) {
     const auto negatives = pipelines::negative_prompts_for(prompts, o.negative_prompts);
     const uint64_t seed = o.seed + static_cast<uint64_t>(i);
     const auto t0 = std::chrono::steady_clock::now();
-    pipelines::DecodedImages images;
-    if (edit) {
-      pipelines::InstructPix2PixOptions e;
-      e.prompts = {prompts[p]};
-      e.negative_prompts = {negatives[p]};
-      e.image = source;
-      e.guidance_scale = o.guidance_scale;
-      e.image_guidance_scale = o.image_guidance_scale;
-      e.num_inference_steps = steps;
-      e.eta = o.eta;
-      e.seed = seed;
-      images = pipelines::instruct_pix2pix(parts, *sampler, e);
-    } else {
-      pipelines::TextToImageOptions t;
-      t.prompts = {prompts[p]};
-      t.negative_prompts = {negatives[p]};
-      t.guidance_scale = o.guidance_scale;
-      t.num_inference_steps = steps;
-      t.height = o.height;
-      t.width = o.width;
-      t.eta = o.eta;
-      t.seed = seed;
-      images = pipelines::text_to_image(parts, *sampler, t);
-    }
+    pipelines::GenerationCall call;
+    call.prompt = prompts[p];
+    call.negative_prompt = negatives[p];
+    if (edit) call.image = source;
+    call.guidance_scale = o.guidance_scale;
+    call.image_guidance_scale = o.image_guidance_scale;
+    call.num_inference_steps = steps;
+    call.height = o.height;
+    call.width = o.width;
+    call.eta = o.eta;
+    call.seed = seed;
+    const auto images = pipelines::generate(parts, *sampler, call);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const auto pixels = images.pixels[0];
     const std::string file = fmt::format("{:04d}.png", i);
@@ -204,9 +191,7 @@ GenerateSummary generate(const GenerateOptions& o) {
   // grid.png: every image with its prompt and seed, a row per prompt when there are several
   // images per prompt.
   std::vector<io::RgbView> views;
-  for (const auto& image : grid_images) {
-    views.push_back({image.data_ptr<std::uint8_t>(), static_cast<int>(image.size(1)), static_cast<int>(image.size(0))});
-  }
+  for (const auto& image : grid_images) views.push_back(io::rgb_view(image));
   io::GridOptions grid;
   grid.header = fmt::format("{}: {} steps, {}, guidance {}", o.pipeline.filename().string(), steps,
                             sampler->class_name(), number(o.guidance_scale));

@@ -15,6 +15,7 @@
 #include "models/unet.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#include "train/synthetic_step.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -31,19 +32,8 @@ using train::TrainMethod;
 
 models::UNet2DConditionModel micro_unet() { return models::load_unet(fixtures_dir() / "pipelines/micro-sd/unet"); }
 
-// The denoising loss on the micro-batch `count` of a deterministic synthetic stream (the
-// stream's position is the micro-batch count); the noise comes from the global generator,
-// which a resume must restore.
 MicroResult denoise(models::UNet2DConditionModel unet, const MicroBatch& mb, std::vector<double>* losses) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 + mb.count);
-  auto latents = at::randn({2, 4, 8, 8}, gen);
-  auto t = at::randint(0, 1000, {2}, gen);
-  auto context = at::randn({2, 7, static_cast<int64_t>(unet->config.cross_attention_dim.at(0))}, gen);
-  auto noise = torch::randn_like(latents);
-  auto pred = unet->forward(latents + noise, t, context);
-  auto loss = torch::mse_loss(pred.to(torch::kFloat32), noise);
-  if (losses) losses->push_back(loss.item<double>());
-  return {loss, {{"pred_std", pred.detach().to(torch::kFloat32).std().item<double>()}}};
+  return testing::synthetic_denoise_step(unet, mb, losses);
 }
 
 TrainerOptions base_options(const fs::path& out, TrainMethod method) {
