@@ -3,7 +3,8 @@
 # Diffusion pipelines with random weights with `lisadiff init-pipeline` (the tiny preset and
 # the full SD1.5 architecture, 4.3 GB), shows what `lisadiff inspect` reports about them, and
 # writes two small synthetic datasets with `lisadiff make-dataset` (DPO pairs as webdataset
-# shards, text-to-image as an image folder).
+# shards, text-to-image as an image folder), and ends with a captioned grid of images that
+# `lisadiff generate` makes with the tiny pipeline.
 # LISADIFF_DEMO_SD15=0 skips the SD1.5-size pipeline. Later issues grow this into a LISA run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,3 +33,10 @@ if [ "${LISADIFF_DEMO_SD15:-1}" != 0 ]; then
   echo "[demo] lisadiff inspect $out/sd15"
   "$lisadiff" inspect "$out/sd15"
 fi
+
+# Last: pictures. The tiny pipeline has random weights, so its images are structured noise
+# until a recipe trains it; the grid shows the pipeline, the captions and the seeds.
+echo "[demo] lisadiff generate $out/tiny-sd --prompt 'a red circle' --prompt 'a blue square' --images_per_prompt 2 --out $out/generated"
+"$lisadiff" generate "$out/tiny-sd" --prompt "a red circle" --prompt "a blue square" --images_per_prompt 2 \
+  --steps 20 --seed 0 --out "$out/generated" --overwrite
+echo "[demo] the grid: $out/generated/grid.png (and one PNG per image with its parameters, images.jsonl)"

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "core/exit_codes.h"
 #include "tools/generate.h"
+#include "train/metrics.h"
 
 namespace lisadiff::cli {
 
@@ -60,8 +61,9 @@ CommandRunner add_generate(CLI::App& app) {
     if (*height > 0) o->height = *height;
     if (*width > 0) o->width = *width;
     const auto summary = tools::generate(*o);
-    spdlog::info("[generate] {} images in {:.2f} s ({:.2f} s per image) -> {}", summary.images, summary.seconds,
-                 summary.seconds / std::max(1, summary.images), summary.out.string());
+    spdlog::info("[generate] {} images in {:.2f} s ({:.2f} s per image), peak RSS {:.0f} MiB -> {}", summary.images,
+                 summary.seconds, summary.seconds / std::max(1, summary.images),
+                 static_cast<double>(train::host_peak_rss_bytes()) / (1 << 20), summary.out.string());
     return exit_code::kOk;
   };
 }

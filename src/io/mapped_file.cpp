@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -41,6 +42,15 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
   }
   ::close(fd);  // the mapping stays valid without the descriptor
   return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
+}
+
+void MappedFile::release(std::size_t offset, std::size_t length) const {
+  static const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  if (offset >= size_) return;
+  length = std::min(length, size_ - offset);
+  const std::size_t first = (offset + page - 1) / page * page;  // whole pages only
+  const std::size_t last = (offset + length) / page * page;
+  if (last > first) madvise(data_ + first, last - first, MADV_DONTNEED);  // advice: a failure changes nothing
 }
 
 }  // namespace lisadiff::io

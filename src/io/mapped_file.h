@@ -22,6 +22,12 @@ class MappedFile {
   std::uint8_t* mutable_data() { return data_; }
   std::size_t size() const { return size_; }
   const std::filesystem::path& path() const { return path_; }
+  // Drops the whole pages inside [offset, offset + length) from the process's memory
+  // (madvise MADV_DONTNEED): the next read faults them in from the file again. A page that
+  // was written through the private mapping loses that write, so call it only for ranges
+  // nobody wrote to. What a loader calls after copying a tensor out, so that the peak RSS of
+  // loading a model is the model plus one tensor, not the model plus the file.
+  void release(std::size_t offset, std::size_t length) const;
 
  private:
   MappedFile(std::filesystem::path path, std::uint8_t* data, std::size_t size);

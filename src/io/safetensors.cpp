@@ -315,6 +315,11 @@ torch::Tensor SafetensorsReader::tensor(std::string_view name, torch::ScalarType
   return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
+void SafetensorsReader::release_pages(std::string_view name) const {
+  const auto& e = entry(name);
+  file_->release(static_cast<std::size_t>(data_ - file_->data()) + e.begin, e.nbytes());
+}
+
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata) {
   struct Item {

@@ -76,6 +76,10 @@ class SafetensorsReader {
   torch::Tensor tensor(std::string_view name) const;
   // The tensor converted to `dtype` (the zero-copy tensor itself when the dtype matches).
   torch::Tensor tensor(std::string_view name, torch::ScalarType dtype) const;
+  // Drops the tensor's mapped pages from memory (MappedFile::release) once its data has been
+  // copied out; a later tensor() reads them from the file again. Only for tensors whose
+  // zero-copy views nobody wrote to.
+  void release_pages(std::string_view name) const;
 
  private:
   void parse_header(std::uint64_t header_len);

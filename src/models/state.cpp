@@ -118,6 +118,10 @@ LoadReport load_parameters(torch::nn::Module& module, const std::vector<std::fil
     if (src == sources.end()) continue;
     auto value = src->second.reader->tensor(src->second.file_key);
     item.value().copy_(value);  // converts dtype and device
+    value = torch::Tensor();
+    // The file's pages are not needed any more: without this, loading SD1.5's UNet peaked at
+    // the model plus the whole mapped file (7.7 GB instead of 4.3 for the fp32 pipeline).
+    src->second.reader->release_pages(src->second.file_key);
     ++report.loaded;
   }
   if (options.frozen) {
