@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
-#include "train/trainer.h"
 
 namespace lisadiff::data {
 
@@ -212,14 +211,6 @@ void DataLoader::load_state(const nlohmann::json& state) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("data loader state: malformed (") + e.what() + ")");
   }
-}
-
-train::StatePart DataLoader::state_part() {
-  train::StatePart part;
-  part.name = "data_loader";
-  part.save_json = [this] { return state(); };
-  part.load_json = [this](const nlohmann::json& s) { load_state(s); };
-  return part;
 }
 
 std::int64_t DataLoader::batches_per_epoch() const {

@@ -27,10 +27,6 @@
 
 #include "data/dataset.h"
 
-namespace lisadiff::train {
-struct StatePart;
-}
-
 namespace lisadiff::data {
 
 struct Batch {
@@ -71,8 +67,6 @@ class DataLoader {
   // the first next() (throws when called later, or for another data order).
   nlohmann::json state() const;
   void load_state(const nlohmann::json& state);
-  // The loader as a Trainer checkpoint part named "data_loader".
-  train::StatePart state_part();
 
   const LoaderStats& stats() const { return stats_; }
   const DataOptions& options() const { return options_; }

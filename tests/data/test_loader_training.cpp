@@ -8,6 +8,7 @@
 #include "schedulers/ddpm.h"
 #include "test_util.h"
 #include "tools/make_dataset.h"
+#include "recipes/common.h"
 #include "train/trainer.h"
 
 namespace lisadiff {
@@ -76,7 +77,7 @@ TEST(LoaderInTraining, ACrashAndResumeSeeTheSameBatchesAsAStraightRun) {
     auto unet = models::load_unet(unet_path);
     data::DataLoader loader(data_options);
     train::Trainer trainer(train::trained_unet(unet), trainer_options(tmp / "straight"));
-    trainer.add_state(loader.state_part());
+    trainer.add_state(recipes::loader_state_part(loader));
     trainer.train([&](const train::MicroBatch&) { return step(unet, loader, schedule, &straight); });
     for (const auto& [name, p] : trainer.trainable()) straight_weights.push_back(p.detach().clone());
   }
@@ -85,7 +86,7 @@ TEST(LoaderInTraining, ACrashAndResumeSeeTheSameBatchesAsAStraightRun) {
     auto unet = models::load_unet(unet_path);
     data::DataLoader loader(data_options);
     train::Trainer trainer(train::trained_unet(unet), trainer_options(tmp / "crashed"));
-    trainer.add_state(loader.state_part());
+    trainer.add_state(recipes::loader_state_part(loader));
     EXPECT_THROW(trainer.train([&](const train::MicroBatch& mb) {
       if (mb.step == 5) throw std::runtime_error("simulated crash");
       return step(unet, loader, schedule, nullptr);
@@ -101,7 +102,7 @@ TEST(LoaderInTraining, ACrashAndResumeSeeTheSameBatchesAsAStraightRun) {
     data_options.num_workers = 1;  // the worker count is not part of the data order
     data::DataLoader loader(data_options);
     train::Trainer trainer(train::trained_unet(unet), o);
-    trainer.add_state(loader.state_part());
+    trainer.add_state(recipes::loader_state_part(loader));
     EXPECT_EQ(trainer.resume(), 3);
     trainer.train([&](const train::MicroBatch&) { return step(unet, loader, schedule, &resumed); });
     ASSERT_LT(resumed.size(), straight.size());

@@ -1,0 +1,356 @@
+#include "recipes/instruct_pix2pix.h"
+
+#include <cmath>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "data/dataset.h"
+#include "data/image.h"
+#include "data/loader.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "pipelines/validation.h"
+#include "recipes/common.h"
+#include "recipes/shared_flags.h"
+
+namespace lisadiff::recipes {
+
+namespace fs = std::filesystem;
+using config::Json;
+
+namespace {
+
+constexpr const char* kData = "Data";
+constexpr const char* kValidation = "Validation";
+constexpr const char* kRecipe = "InstructPix2Pix";
+
+}  // namespace
+
+FlagTable instruct_pix2pix_flags() {
+  FlagTable t("instruct_pix2pix",
+              "InstructPix2Pix fine-tuning of a Stable Diffusion UNet (diffusers' train_instruct_pix2pix.py), "
+              "trained by LISA (default), full fine-tuning or LoRA. docs/recipes/instruct_pix2pix.md");
+  add_model_flags(t);
+  t.add("Model", "non_ema_revision", FlagType::kString, nullptr, "Hub revision of the UNet");
+  t.set_handling("non_ema_revision", Handling::kNote, "no effect: the UNet is read from the local folder's unet/");
+
+  t.add(kData, "dataset_name", FlagType::kString, nullptr,
+        "a local image folder (metadata.jsonl) or webdataset shards (a folder of .tar files or a brace spec)");
+  t.add(kData, "dataset_config_name", FlagType::kString, nullptr, "datasets config name");
+  t.set_handling("dataset_config_name", Handling::kNote, "no effect: lisadiff reads local datasets");
+  t.add(kData, "train_data_dir", FlagType::kString, nullptr, "a local image folder with metadata.jsonl");
+  t.add(kData, "original_image_column", FlagType::kString, "input_image", "column of the source image");
+  t.add(kData, "edited_image_column", FlagType::kString, "edited_image", "column of the edited image");
+  t.add(kData, "edit_prompt_column", FlagType::kString, "edit_prompt", "column of the edit instruction");
+  t.add(kData, "max_train_samples", FlagType::kInt, nullptr, "a seeded subset of this many samples (image folders)");
+  t.add(kData, "resolution", FlagType::kInt, 256, "images are resized to resolution x resolution");
+  t.add(kData, "center_crop", FlagType::kSwitch, false, "center crop (a no-op after the square resize)");
+  t.add(kData, "random_flip", FlagType::kSwitch, false, "random horizontal flip, the same for both images of a pair");
+
+  t.add(kValidation, "val_image_url", FlagType::kString, nullptr, "the source image of validation edits (a local path or file:// URL)");
+  t.add(kValidation, "validation_prompt", FlagType::kString, nullptr, "the validation edit instruction");
+  t.add(kValidation, "num_validation_images", FlagType::kInt, 4, "edits per validation");
+  t.add(kValidation, "validation_epochs", FlagType::kInt, 1, "validate at the end of every this many epochs");
+
+  add_training_flags(t);
+  t.set_default("output_dir", "instruct-pix2pix-model");
+  t.add(kRecipe, "conditioning_dropout_prob", FlagType::kFloat, nullptr,
+        "p: the prompt is dropped with probability 2p, the image with 2p, both with p (recommended 0.05)");
+  t.add(kRecipe, "use_ema", FlagType::kSwitch, false, "keep an EMA of the UNet (validation and the result use it)");
+  t.add(kRecipe, "copy_conv_in_bias", FlagType::kSwitch, false,
+        "lisadiff: copy the pretrained conv_in bias into the widened conv_in (the script leaves a fresh random "
+        "bias: huggingface/diffusers#4960)");
+  add_method_flags(t, "lisa");
+  return t;
+}
+
+bool widen_conv_in(models::UNet2DConditionModel& unet, int64_t in_channels, bool copy_bias) {
+  auto& old = unet->conv_in;
+  const int64_t have = old->options.in_channels();
+  if (have == in_channels) return false;
+  if (have > in_channels) {
+    throw Error(fmt::format("the UNet takes {} input channels; InstructPix2Pix widens conv_in to {}, not less", have,
+                            in_channels));
+  }
+  torch::NoGradGuard no_grad;
+  const auto& was = old->options;
+  torch::nn::Conv2dOptions options(in_channels, was.out_channels(), was.kernel_size());
+  options.stride(was.stride()).padding(was.padding()).dilation(was.dilation()).groups(was.groups()).bias(was.bias());
+  // A fresh Conv2d, initialised as PyTorch's (weight then bias from the global generator).
+  torch::nn::Conv2d widened(options);
+  widened->to(old->weight.device(), old->weight.scalar_type());
+  widened->weight.zero_();
+  widened->weight.slice(1, 0, have).copy_(old->weight);
+  if (copy_bias) widened->bias.copy_(old->bias);
+  widened->weight.set_requires_grad(old->weight.requires_grad());
+  widened->bias.set_requires_grad(old->bias.requires_grad());
+  unet->replace_module("conv_in", widened);
+  unet->conv_in = widened;
+  unet->config.in_channels = static_cast<int>(in_channels);
+  return true;
+}
+
+DropoutMasks conditioning_dropout(const torch::Tensor& r, double p) {
+  return {r < 2 * p, (r >= p).logical_and(r < 3 * p)};
+}
+
+train::MicroResult instruct_pix2pix_step(InstructPix2PixModels& m, const data::Batch& batch,
+                                         at::Generator& dropout_generator, const InstructPix2PixDraws& draws) {
+  if (batch.images.size() != 2) throw Error("instruct_pix2pix: a batch needs the original and the edited images");
+  const auto original = batch.images[0].to(m.device, m.weight_dtype);
+  const auto edited = batch.images[1].to(m.device, m.weight_dtype);
+  const int64_t bsz = edited.size(0);
+  torch::Tensor latents, noise, timesteps, noisy, embeds, image_embeds;
+  {
+    torch::NoGradGuard no_grad;
+    const auto dist = m.vae->encode(edited);
+    latents = (draws.latent_noise.defined() ? dist.sample_with(draws.latent_noise.to(dist.mean.options()))
+                                            : dist.sample()) *
+              m.vae->config.scaling_factor;
+    noise = draws.noise.defined() ? draws.noise.to(latents.options()) : torch::randn_like(latents);
+    timesteps = draws.timesteps.defined()
+                    ? draws.timesteps.to(m.device, torch::kLong)
+                    : torch::randint(0, m.schedule->num_train_timesteps(), {bsz},
+                                     torch::TensorOptions().dtype(torch::kLong).device(m.device));
+    noisy = m.schedule->add_noise(latents, noise, timesteps);
+    embeds = m.text_encoder->forward(m.tokenizer->tokenize(batch.texts).input_ids.to(m.device)).last_hidden_state;
+    image_embeds = m.vae->encode(original).mode();
+  }
+  nlohmann::ordered_json logs = nlohmann::ordered_json::object();
+  if (m.dropout_prob) {
+    const auto r = draws.dropout_r.defined() ? draws.dropout_r.to(torch::kFloat32)
+                                             : torch::rand({bsz}, dropout_generator, torch::kFloat32);
+    const auto masks = conditioning_dropout(r.to(m.device), *m.dropout_prob);
+    embeds = torch::where(masks.drop_prompt.view({bsz, 1, 1}), m.null_embedding.to(embeds.dtype()), embeds);
+    const auto keep_image = 1 - masks.drop_image.to(image_embeds.scalar_type());
+    image_embeds = keep_image.view({bsz, 1, 1, 1}) * image_embeds;
+  }
+  const auto input = torch::cat({noisy, image_embeds}, /*dim=*/1);
+  const auto& prediction_type = m.schedule->config().prediction_type;
+  torch::Tensor target;
+  if (prediction_type == "epsilon") {
+    target = noise;
+  } else if (prediction_type == "v_prediction") {
+    target = m.schedule->get_velocity(latents, noise, timesteps);
+  } else {
+    throw Error(fmt::format("instruct_pix2pix: prediction_type '{}' is not epsilon or v_prediction", prediction_type));
+  }
+  const auto pred = m.unet->forward(input, timesteps, embeds);
+  train::MicroResult result;
+  result.loss = torch::mse_loss(pred.to(torch::kFloat32), target.to(torch::kFloat32));
+  result.logs = logs;
+  result.end_of_epoch = batch.end_of_epoch;
+  return result;
+}
+
+namespace {
+
+// The run's own settings, read from the values (the rest go to TrainerOptions and DataOptions).
+struct RecipeSettings {
+  fs::path base;
+  std::string variant;
+  std::optional<std::string> val_image_url, validation_prompt;
+  int num_validation_images = 4;
+  int validation_epochs = 1;
+  int num_train_epochs = 100;
+  std::optional<int> max_train_steps;
+  std::optional<double> conditioning_dropout_prob;
+  bool scale_lr = false;
+  bool allow_tf32 = false;
+  bool copy_conv_in_bias = false;
+  int seed = 0;
+};
+
+RecipeSettings read_settings(config::FieldReader& r) {
+  RecipeSettings s;
+  std::string base;
+  r("pretrained_model_name_or_path", base);
+  s.base = base;
+  std::optional<std::string> variant;
+  r("variant", variant);
+  s.variant = variant.value_or("");
+  r("val_image_url", s.val_image_url);
+  r("validation_prompt", s.validation_prompt);
+  r("num_validation_images", s.num_validation_images);
+  r("validation_epochs", s.validation_epochs);
+  r("num_train_epochs", s.num_train_epochs);
+  r("conditioning_dropout_prob", s.conditioning_dropout_prob);
+  r("scale_lr", s.scale_lr);
+  r("allow_tf32", s.allow_tf32);
+  r("copy_conv_in_bias", s.copy_conv_in_bias);
+  s.max_train_steps = r.object().at("max_train_steps").is_null()
+                          ? std::nullopt
+                          : std::optional<int>(r.object().at("max_train_steps").get<int>());
+  s.seed = r.object().at("seed").get<int>();
+  if (s.num_validation_images < 1) throw UsageError("--num_validation_images must be at least 1");
+  if (s.validation_epochs < 1) throw UsageError("--validation_epochs must be at least 1");
+  if (s.num_train_epochs < 1) throw UsageError("--num_train_epochs must be at least 1");
+  if (s.conditioning_dropout_prob && !(*s.conditioning_dropout_prob >= 0 && *s.conditioning_dropout_prob <= 1.0 / 3)) {
+    throw UsageError(fmt::format("--conditioning_dropout_prob must be in [0, 1/3] (r < 3p drops the image), got {}",
+                                 *s.conditioning_dropout_prob));
+  }
+  return s;
+}
+
+torch::ScalarType weight_dtype_of(train::MixedPrecision p) {
+  return p == train::MixedPrecision::kFp16 ? torch::kFloat16
+         : p == train::MixedPrecision::kBf16 ? torch::kBFloat16
+                                             : torch::kFloat32;
+}
+
+}  // namespace
+
+void run_instruct_pix2pix(const ParsedArgs& parsed) {
+  const auto table = instruct_pix2pix_flags();
+  auto values = recipe_values(table, parsed);
+  resolve_dataset(values);
+  const std::string source = parsed.config_file.empty() ? "command line" : parsed.config_file.string() + " + command line";
+  config::FieldReader reader(values, source);
+  auto settings = read_settings(reader);
+  if (!fs::is_directory(settings.base)) {
+    throw UsageError(fmt::format("--pretrained_model_name_or_path {}: no such folder (a local pipeline folder; "
+                                 "lisadiff does not download from the Hub)",
+                                 settings.base.string()));
+  }
+  // Validation's source image, checked before anything runs.
+  torch::Tensor val_image;
+  if (settings.val_image_url.has_value() != settings.validation_prompt.has_value()) {
+    spdlog::warn("validation needs both --val_image_url and --validation_prompt (as the script): no validation");
+  } else if (settings.val_image_url) {
+    const auto path = local_file(*settings.val_image_url, "val_image_url");
+    val_image = data::decode_image(io::read_file(path), path.string());
+  }
+
+  const auto resolution = values.at("resolution").get<int64_t>();
+  if (resolution < 8 || resolution % 8 != 0) {
+    throw UsageError(fmt::format("--resolution must be a positive multiple of 8 (the VAE's latents), got {}", resolution));
+  }
+  auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kIp2p);
+  data_options.read(reader);
+  data_options.validate(source);
+  const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  if (settings.allow_tf32 && device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
+  data::DataLoader loader(data_options);
+  const int64_t per_epoch = loader.batches_per_epoch();
+
+  // max_train_steps from the epochs when not given, as the script: epochs x ceil(batches / A).
+  const int accumulation = values.at("gradient_accumulation_steps").get<int>();
+  if (accumulation < 1) throw UsageError("--gradient_accumulation_steps must be at least 1");
+  if (!settings.max_train_steps) {
+    if (per_epoch < 0) {
+      throw UsageError("--max_train_steps is required with webdataset shards (their epoch length is unknown)");
+    }
+    const int64_t steps_per_epoch = (per_epoch + accumulation - 1) / accumulation;
+    values["max_train_steps"] = settings.num_train_epochs * steps_per_epoch;
+  }
+  if (settings.scale_lr) {
+    values["learning_rate"] = values.at("learning_rate").get<double>() * accumulation *
+                              values.at("train_batch_size").get<double>() * data_options.world_size;
+  }
+  auto options = train::TrainerOptions::read(reader);
+  if (options.method == train::TrainMethod::kLora) {
+    throw UsageError("--method lora: not yet for InstructPix2Pix (the widened conv_in has to train with the adapters, "
+                     "which the LoRA trainer does not do yet); use --method lisa or full");
+  }
+  options.tracker_project_name = "instruct-pix2pix";  // the script's fixed project name
+  finish_reading(table, reader);
+
+  // Models: VAE and text encoder frozen in the weight dtype, the UNet in float32.
+  const auto weight_dtype = weight_dtype_of(options.mixed_precision);
+  models::LoadOptions frozen;
+  frozen.frozen = true;
+  frozen.dtype = weight_dtype;
+  frozen.device = device;
+  auto tokenizer = models::CLIPTokenizer::from_folder(settings.base / "tokenizer");
+  auto text_encoder = models::load_clip_text(settings.base / "text_encoder", frozen, settings.variant);
+  auto vae = models::load_vae(settings.base / "vae", frozen, settings.variant);
+  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(settings.base / "scheduler");
+  models::LoadOptions trained;
+  trained.device = device;
+  auto unet = models::load_unet(settings.base / "unet", trained);  // the script reads no UNet variant
+
+  // The script seeds everything right before it builds the new conv_in, whose bias is then
+  // PyTorch's first draw after the seed.
+  torch::manual_seed(static_cast<uint64_t>(settings.seed));
+  const int64_t in_channels = 2 * vae->config.latent_channels;
+  if (widen_conv_in(unet, in_channels, settings.copy_conv_in_bias)) {
+    spdlog::info("conv_in widened to {} input channels (the image latents' weights start at zero{})", in_channels,
+                 settings.copy_conv_in_bias ? ", the bias copied" : "");
+  }
+  text_encoder->eval();
+  vae->eval();
+
+  train::Trainer trainer(train::trained_unet(unet), options);
+  trainer.add_state(loader_state_part(loader));
+  auto dropout_generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(settings.seed));
+  train::StatePart dropout_part;
+  dropout_part.name = "conditioning_dropout_generator";
+  dropout_part.save_files = [&](const fs::path& dir) {
+    io::write_safetensors(dir / "dropout_generator.safetensors", {{"state", dropout_generator.get_state()}});
+  };
+  dropout_part.load_files = [&](const fs::path& dir) {
+    const io::SafetensorsReader r(dir / "dropout_generator.safetensors");
+    dropout_generator.set_state(r.tensor("state").clone());
+  };
+  trainer.add_state(dropout_part);
+
+  std::optional<pipelines::Validator> validator;
+  pipelines::ValidationSpec spec;
+  if (val_image.defined()) {
+    validator.emplace(pipelines::components_for_validation(settings.base, tokenizer, text_encoder, vae), trainer);
+    spec.prompts = {*settings.validation_prompt};
+    spec.images_per_prompt = settings.num_validation_images;
+    spec.num_inference_steps = 20;
+    spec.guidance_scale = 7;
+    spec.image_guidance_scale = 1.5;
+    spec.source_image = val_image;
+    spec.seed = static_cast<uint64_t>(settings.seed);
+    spec.use_ema = options.use_ema;
+    const int f = 1 << (static_cast<int>(vae->config.block_out_channels.size()) - 1);
+    if (val_image.size(0) % f != 0 || val_image.size(1) % f != 0) {
+      throw UsageError(fmt::format("--val_image_url: the image is {} x {}; validation needs sides that are multiples "
+                                   "of {} (resize it first)",
+                                   val_image.size(1), val_image.size(0), f));
+    }
+  }
+  trainer.resume();
+
+  InstructPix2PixModels m;
+  m.tokenizer = &tokenizer;
+  m.text_encoder = text_encoder;
+  m.vae = vae;
+  m.unet = unet;
+  m.schedule = &schedule;
+  m.dropout_prob = settings.conditioning_dropout_prob;
+  m.device = device;
+  m.weight_dtype = weight_dtype;
+  {
+    torch::NoGradGuard no_grad;
+    m.null_embedding = text_encoder->forward(tokenizer.tokenize({""}).input_ids.to(device)).last_hidden_state;
+  }
+  int64_t epoch_done = -1;  // the last epoch whose final batch was trained
+  trainer.train(
+      [&](const train::MicroBatch&) {
+        const auto batch = loader.next();
+        if (batch.end_of_epoch) epoch_done = batch.epoch;
+        return instruct_pix2pix_step(m, batch, dropout_generator);
+      },
+      [&](int64_t step) {
+        // The script validates at the end of every epoch (epoch % validation_epochs == 0),
+        // and after the epoch in which max_train_steps is reached.
+        const bool last = step == trainer.options().max_train_steps;
+        if (!validator || (epoch_done < 0 && !last)) return;
+        const int64_t epoch = epoch_done >= 0 ? epoch_done : loader.stats().epoch;
+        epoch_done = -1;
+        if (epoch % settings.validation_epochs == 0) validator->run(step, unet, spec);
+      });
+  trainer.save_final();
+  if (options.main_process && options.method != train::TrainMethod::kLora) {
+    complete_pipeline_folder(settings.base, options.output_dir, {"unet"}, "StableDiffusionInstructPix2PixPipeline");
+    spdlog::info("wrote the InstructPix2Pix pipeline to {}", options.output_dir.string());
+  }
+}
+
+}  // namespace lisadiff::recipes

@@ -1,0 +1,40 @@
+// The flags the recipe executables share, written once: what the three diffusers scripts have
+// in common (model, training loop, optimizer, checkpoints, logging, the Python/Hub flags) with
+// their common defaults, and lisadiff's own method flags (--method, the LISA and LoRA knobs).
+// A recipe adds its own flags and changes the defaults that differ (FlagTable::set_default).
+//
+// Reading: recipe_values() lays the parsed values over the table's defaults; a FieldReader
+// over that object fills train::TrainerOptions (TrainerOptions::read), data::DataOptions
+// (DataOptions::read) and the recipe's own options, and finish_reading() fails for a key no
+// reader claimed (a table entry that nothing uses is a programming error, caught by the
+// recipe's tests).
+#pragma once
+
+#include <string>
+
+#include "config/json_fields.h"
+#include "recipes/options.h"
+#include "train/trainer.h"
+
+namespace lisadiff::recipes {
+
+// --pretrained_model_name_or_path (required), --revision, --variant, --cache_dir.
+void add_model_flags(FlagTable& table);
+// The training loop, optimizer, precision, checkpoint and logging flags of the scripts, and
+// the Python/Hub flags (accepted with a note, or refused: --push_to_hub).
+void add_training_flags(FlagTable& table);
+// --method and the LISA / LoRA knobs; `default_method` is the recipe's ("lisa", or "lora" for
+// DPO, whose original trains LoRA).
+void add_method_flags(FlagTable& table, const std::string& default_method);
+
+// The parsed values over the table's defaults, so that every flag has a value, with the
+// None values the readers cannot take resolved: --seed None becomes a random seed (logged),
+// --mixed_precision None "no", --lisa_seed None the run's seed. Read train::TrainerOptions
+// from it with TrainerOptions::read (the keys of add_training_flags and add_method_flags).
+config::Json recipe_values(const FlagTable& table, const ParsedArgs& parsed);
+
+// Claims the flags that lisadiff accepts without using (Handling kNote/kRefuse), then throws
+// lisadiff::Error naming any key no reader claimed.
+void finish_reading(const FlagTable& table, config::FieldReader& reader);
+
+}  // namespace lisadiff::recipes
