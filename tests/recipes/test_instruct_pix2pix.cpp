@@ -110,8 +110,8 @@ TEST(InstructPix2PixApp, TheReadmeCommandRunsAndWritesAPipeline) {
                            "scheduler/scheduler_config.json"}) {
     EXPECT_TRUE(fs::exists(out / part)) << part;
   }
-  EXPECT_EQ(testing::read_file(out / "vae/diffusion_pytorch_model.safetensors"),
-            testing::read_file(micro_sd() / "vae/diffusion_pytorch_model.safetensors"));
+  EXPECT_TRUE(testing::read_file(out / "vae/diffusion_pytorch_model.safetensors") ==
+              testing::read_file(micro_sd() / "vae/diffusion_pytorch_model.safetensors"));
   // Rotation kept the last checkpoint only; metrics and TensorBoard files are there.
   EXPECT_FALSE(fs::exists(out / "checkpoint-2"));
   EXPECT_TRUE(fs::exists(out / "checkpoint-4/unet/diffusion_pytorch_model.safetensors"));
@@ -138,6 +138,42 @@ TEST(InstructPix2PixApp, ValidationEditsTheValidationImage) {
   // Two epochs of 2 batches: validation after each epoch, at steps 2 and 4.
   EXPECT_TRUE(fs::exists(out / "validation/step-2.png")) << log;
   EXPECT_TRUE(fs::exists(out / "validation/step-4.png")) << log;
+}
+
+// A run killed with SIGKILL after its second checkpoint and resumed with
+// --resume_from_checkpoint latest ends with the weights of a run that was never stopped, bit
+// for bit (CPU): the optimizer, LISA, EMA, random generators, the data loader's position and
+// the dropout generator all come back.
+TEST(InstructPix2PixApp, AKilledRunResumesToTheStraightRunsWeights) {
+  TempDir tmp;
+  const auto data = make_ip2p_data(tmp / "data", 10);
+  const auto command = [&](const fs::path& out) {
+    return app() + " --pretrained_model_name_or_path " + micro_sd().string() + " --dataset_name " + data.string() +
+           " --resolution 32 --train_batch_size 2 --gradient_accumulation_steps 2 --max_train_steps 14"
+           " --checkpointing_steps 2 --conditioning_dropout_prob 0.1 --use_ema --random_flip --seed 3"
+           " --lisa_interval 3 --lr_scheduler cosine --lr_warmup_steps 2 --val_image_url " +
+           (fixtures_dir() / "inference/source.png").string() + " --validation_prompt 'make it blue'" +
+           " --num_validation_images 1 --output_dir " + out.string();
+  };
+  const auto [rc, log] = testing::run_command(command(tmp / "straight") + " > /dev/null 2>&1");
+  ASSERT_EQ(rc, 0);
+  // Kill the second run as soon as checkpoint-4 is there (its remaining 10 steps take longer
+  // than the 10 ms poll), then resume it.
+  const auto killed = tmp / "killed";
+  const auto [krc, klog] = testing::run_command(
+      "(" + command(killed) + " > " + (tmp / "killed.log").string() + " 2>&1 & pid=$!; while [ ! -d " +
+      (killed / "checkpoint-4").string() + " ] && kill -0 $pid 2>/dev/null; do sleep 0.01; done; kill -9 $pid; " +
+      "wait $pid; echo \"exit $?\")");
+  EXPECT_NE(klog.find("exit 137"), std::string::npos) << klog << testing::read_file(tmp / "killed.log");
+  ASSERT_FALSE(fs::exists(killed / "model_index.json")) << "the run ended before it was killed";
+  const auto [rrc, rlog] = testing::run_command(command(killed) + " --resume_from_checkpoint latest 2>&1");
+  ASSERT_EQ(rrc, 0) << rlog;
+  EXPECT_NE(rlog.find("checkpoint-"), std::string::npos) << rlog;
+  for (const char* file : {"unet/diffusion_pytorch_model.safetensors", "checkpoint-14/unet_ema/diffusion_pytorch_model.safetensors",
+                           "checkpoint-14/optimizer.safetensors"}) {
+    EXPECT_TRUE(testing::read_file(killed / file) == testing::read_file(tmp / "straight" / file))
+        << file << " differs from the straight run's";
+  }
 }
 
 TEST(InstructPix2PixApp, BadInputIsOneLineAndExitCode) {
