@@ -1,0 +1,178 @@
+// The instruct_pix2pix recipe against a Python reference of the script's training loop
+// (scripts/ip2p_reference.py: diffusers components, torch AdamW, clip_grad_norm_,
+// get_scheduler, EMAModel), fed the same stored random draws: 10 optimizer steps of the full
+// (classic) method on the micro pipeline with the conv_in surgery, gradient accumulation 2,
+// conditioning dropout on (every region hit) and EMA: the loss of every micro-batch, the final
+// weights and the EMA shadows. Label python (it runs the venv's Python).
+#include <gtest/gtest.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "data/loader.h"
+#include "io/safetensors.h"
+#include "recipes/instruct_pix2pix.h"
+#include "test_util.h"
+
+namespace lisadiff {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::fixtures_dir;
+
+TEST(InstructPix2PixParity, TenStepsOfTheFullMethodEqualThePythonReference) {
+  testing::TempDir tmp;
+  const auto base = fixtures_dir() / "pipelines/micro-sd";
+  const int steps = 10, accumulation = 2, batch = 2, resolution = 32;
+  const int seed = 7;
+  const double p = 0.25;
+  const std::vector<std::string> prompts = {"make it blue", "turn the circle into a square", "add a red border",
+                                            "make the background green", ""};
+
+  // The stored draws: images, VAE sample noise, noise, timesteps, dropout uniforms.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
+  io::NamedTensors inputs;
+  std::vector<data::Batch> batches;
+  std::vector<recipes::InstructPix2PixDraws> draws;
+  nlohmann::json texts = nlohmann::json::array();
+  const int64_t latent = resolution / 2;  // micro-sd's VAE halves the size
+  for (int i = 0; i < steps * accumulation; ++i) {
+    data::Batch b;
+    b.images = {at::rand({batch, 3, resolution, resolution}, gen) * 2 - 1,
+                at::rand({batch, 3, resolution, resolution}, gen) * 2 - 1};
+    nlohmann::json t = nlohmann::json::array();
+    for (int k = 0; k < batch; ++k) {
+      b.texts.push_back(prompts[(i * batch + k) % prompts.size()]);
+      t.push_back(b.texts.back());
+    }
+    texts.push_back(t);
+    recipes::InstructPix2PixDraws d;
+    d.latent_noise = at::randn({batch, 4, latent, latent}, gen);
+    d.noise = at::randn({batch, 4, latent, latent}, gen);
+    d.timesteps = at::randint(0, 1000, {batch}, gen);
+    d.dropout_r = at::rand({batch}, gen) * 0.9;  // every region of r for p = 0.25, and none
+    const auto n = std::to_string(i);
+    inputs.emplace_back("original." + n, b.images[0]);
+    inputs.emplace_back("edited." + n, b.images[1]);
+    inputs.emplace_back("latent_noise." + n, d.latent_noise);
+    inputs.emplace_back("noise." + n, d.noise);
+    inputs.emplace_back("timesteps." + n, d.timesteps);
+    inputs.emplace_back("dropout_r." + n, d.dropout_r);
+    batches.push_back(std::move(b));
+    draws.push_back(d);
+  }
+  fs::create_directories(tmp / "inputs");
+  io::write_safetensors(tmp / "inputs/inputs.safetensors", inputs);
+  const nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", 1e-3},
+                                   {"lr_scheduler", "cosine"}, {"lr_warmup_steps", 2}, {"max_grad_norm", 0.05},
+                                   {"adam_beta1", 0.9}, {"adam_beta2", 0.999}, {"adam_weight_decay", 1e-2},
+                                   {"adam_epsilon", 1e-8}, {"dropout_prob", p}, {"use_ema", true},
+                                   {"seed", seed}, {"texts", texts}};
+  testing::write_file(tmp / "inputs/settings.json", settings.dump());
+
+  // The Python reference.
+  const auto [rc, log] = testing::run_command(testing::test_python() + " " +
+                                              (testing::tests_dir().parent_path() / "scripts/ip2p_reference.py").string() +
+                                              " --pipeline " + base.string() + " --inputs " + (tmp / "inputs").string() +
+                                              " --out " + (tmp / "ref.safetensors").string() + " 2>&1");
+  ASSERT_EQ(rc, 0) << log;
+  const io::SafetensorsReader ref(tmp / "ref.safetensors");
+
+  // lisadiff: the recipe's models and step, the Trainer's full classic step.
+  models::LoadOptions frozen;
+  frozen.frozen = true;
+  auto tokenizer = models::CLIPTokenizer::from_folder(base / "tokenizer");
+  auto text_encoder = models::load_clip_text(base / "text_encoder", frozen);
+  auto vae = models::load_vae(base / "vae", frozen);
+  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(base / "scheduler");
+  auto unet = models::load_unet(base / "unet");
+  torch::manual_seed(seed);
+  ASSERT_TRUE(recipes::widen_conv_in(unet, 8, false));
+  train::TrainerOptions o;
+  o.method = train::TrainMethod::kFull;
+  o.output_dir = tmp / "run";
+  o.max_train_steps = steps;
+  o.gradient_accumulation_steps = accumulation;
+  o.schedule.type = train::LrScheduleType::kCosine;
+  o.schedule.base_lr = 1e-3;
+  o.schedule.warmup_steps = 2;
+  o.max_grad_norm = 0.05;
+  o.use_ema = true;
+  o.checkpointing_steps = 1000;
+  o.report_to = "none";
+  train::Trainer trainer(train::trained_unet(unet), o);
+  recipes::InstructPix2PixModels m;
+  m.tokenizer = &tokenizer;
+  m.text_encoder = text_encoder;
+  m.vae = vae;
+  m.unet = unet;
+  m.schedule = &schedule;
+  m.dropout_prob = p;
+  {
+    torch::NoGradGuard no_grad;
+    m.null_embedding = text_encoder->forward(tokenizer.tokenize({""}).input_ids).last_hidden_state;
+  }
+  auto unused = at::make_generator<at::CPUGeneratorImpl>(0);
+  std::vector<double> losses;
+  trainer.train([&](const train::MicroBatch& mb) {
+    auto r = recipes::instruct_pix2pix_step(m, batches.at(mb.count), unused, draws.at(mb.count));
+    losses.push_back(r.loss.item<double>());
+    return r;
+  });
+
+  // Losses: the forward passes agree to float32 rounding (the UNet and VAE equal diffusers to
+  // ~1e-6 relative); later steps inherit the weights' differences.
+  const auto ref_losses = ref.tensor("losses");
+  ASSERT_EQ(static_cast<int64_t>(losses.size()), ref_losses.size(0));
+  for (std::size_t i = 0; i < losses.size(); ++i) {
+    EXPECT_NEAR(losses[i], ref_losses[i].item<double>(), 1e-5 * std::abs(losses[i]) + 1e-6) << "micro-batch " << i;
+  }
+  // Weights and EMA shadows: AdamW divides by sqrt(v), so a gradient that differs in the
+  // 7th digit moves a weight by up to lr times that relative difference per step; 10 steps
+  // at lr <= 1e-3 stay far below 1e-5.
+  for (const auto& [name, value] : trainer.trainable()) {
+    EXPECT_TRUE(testing::close_tensor("unet." + name, value, ref.tensor("unet." + name), 1e-5, 1e-4));
+  }
+  for (const auto& [name, shadow] : trainer.ema()->shadows()) {
+    EXPECT_TRUE(testing::close_tensor("ema." + name, shadow, ref.tensor("ema." + name), 1e-5, 1e-4));
+  }
+  // The run really trained, clipped and dropped: the weights moved, and differ from the start.
+  const auto start = models::load_unet(base / "unet");
+  EXPECT_FALSE(testing::same_tensor(trainer.trainable().back().second, start->named_parameters().pairs().back().second));
+}
+
+// What the executable writes is a pipeline diffusers' StableDiffusionInstructPix2PixPipeline
+// loads and runs, with the 8-channel UNet lisadiff trained.
+TEST(InstructPix2PixParity, DiffusersLoadsAndRunsTheSavedPipeline) {
+  testing::TempDir tmp;
+  const auto app = fs::path(testing::cli_path()).parent_path() / "instruct_pix2pix";
+  const auto data = tmp / "data";
+  ASSERT_EQ(testing::run_command(testing::cli_path() + " make-dataset --kind ip2p --format folder --n 4 --size 32 --out " +
+                                 data.string() + " 2>&1").first,
+            0);
+  const auto out = tmp / "out";
+  const auto [rc, log] = testing::run_command(app.string() + " --pretrained_model_name_or_path " +
+                                              (fixtures_dir() / "pipelines/micro-sd").string() + " --dataset_name " +
+                                              data.string() + " --resolution 32 --train_batch_size 2 --max_train_steps 2"
+                                              " --seed 0 --output_dir " + out.string() + " 2>&1");
+  ASSERT_EQ(rc, 0) << log;
+  const std::string script =
+      "import sys, torch, numpy as np\n"
+      "from PIL import Image\n"
+      "from diffusers import StableDiffusionInstructPix2PixPipeline\n"
+      "pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(sys.argv[1], safety_checker=None)\n"
+      "assert pipe.unet.config.in_channels == 8, pipe.unet.config.in_channels\n"
+      "img = Image.open(sys.argv[2]).convert('RGB')\n"
+      "out = pipe('make it blue', image=img, num_inference_steps=2, generator=torch.Generator().manual_seed(0), "
+      "output_type='np').images\n"
+      "assert out.shape == (1, img.height, img.width, 3) and np.isfinite(out).all(), out.shape\n"
+      "print('ok', out.shape)\n";
+  testing::write_file(tmp / "load.py", script);
+  const auto [prc, plog] = testing::run_command(testing::test_python() + " " + (tmp / "load.py").string() + " " +
+                                                out.string() + " " + (fixtures_dir() / "inference/source.png").string() +
+                                                " 2>&1");
+  EXPECT_EQ(prc, 0) << plog;
+  EXPECT_NE(plog.find("ok (1,"), std::string::npos) << plog;
+}
+
+}  // namespace
+}  // namespace lisadiff
