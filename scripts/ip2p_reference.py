@@ -9,7 +9,8 @@ random draws the test stored, so that both sides see the same numbers.
 
 DIR (inputs) holds inputs.safetensors (for micro-batch i: original.i, edited.i [B,3,R,R] in
 [-1, 1], latent_noise.i, noise.i [B,4,h,w], timesteps.i [B] int64, dropout_r.i [B]) and
-settings.json (steps, accumulation, learning_rate, lr_scheduler, lr_warmup_steps,
+settings.json (method full or lisa, with lisa the active parameter names of every optimizer
+step in `sets`, steps, accumulation, learning_rate, lr_scheduler, lr_warmup_steps,
 max_grad_norm, adam_* , dropout_prob, use_ema, seed, texts: one list per micro-batch).
 
 Writes the loss of every micro-batch (losses [M]), the final UNet weights (unet.<name>) and,
@@ -79,10 +80,18 @@ def main() -> None:
     unet.train()
     ema = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config) if s["use_ema"] else None
 
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=s["learning_rate"], betas=(s["adam_beta1"], s["adam_beta2"]),
-                                  weight_decay=s["adam_weight_decay"], eps=s["adam_epsilon"])
+    hyper = dict(betas=(s["adam_beta1"], s["adam_beta2"]), weight_decay=s["adam_weight_decay"], eps=s["adam_epsilon"])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=s["learning_rate"], **hyper)
     lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer=optimizer, num_warmup_steps=s["lr_warmup_steps"],
                                  num_training_steps=s["steps"])
+    # LISA (lisadiff's semantics, docs/training.md): per optimizer step the recorded set trains
+    # (the others are frozen: no gradient, no decay); each active tensor has its own AdamW whose
+    # moments and step count start when it is activated and are dropped when it is frozen
+    # again; its gradient is clipped alone to max_grad_norm; the lr is the schedule's at the
+    # global step (read from the one schedule above, which steps once per optimizer step).
+    lisa = s.get("method") == "lisa"
+    params = dict(unet.named_parameters())
+    per_tensor: dict[str, torch.optim.AdamW] = {}
 
     def embed(texts):
         ids = tokenizer(texts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
@@ -93,6 +102,14 @@ def main() -> None:
     losses = []
     A = s["accumulation"]
     for step in range(s["steps"]):
+        if lisa:
+            active = set(s["sets"][step])
+            for name, param in params.items():
+                param.requires_grad_(name in active)
+            per_tensor = {n: o for n, o in per_tensor.items() if n in active}
+            for n in active:
+                if n not in per_tensor:
+                    per_tensor[n] = torch.optim.AdamW([params[n]], lr=s["learning_rate"], **hyper)
         for k in range(A):
             i = step * A + k
             with torch.no_grad():
@@ -120,8 +137,16 @@ def main() -> None:
             loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
             losses.append(loss.item())
             (loss / A).backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), s["max_grad_norm"])
-        optimizer.step()
+        if lisa:
+            lr = lr_scheduler.get_last_lr()[0]
+            for n, opt in per_tensor.items():
+                torch.nn.utils.clip_grad_norm_([params[n]], s["max_grad_norm"])
+                opt.param_groups[0]["lr"] = lr
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        else:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), s["max_grad_norm"])
+            optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:

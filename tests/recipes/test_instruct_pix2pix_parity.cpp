@@ -1,7 +1,8 @@
 // The instruct_pix2pix recipe against a Python reference of the script's training loop
 // (scripts/ip2p_reference.py: diffusers components, torch AdamW, clip_grad_norm_,
 // get_scheduler, EMAModel), fed the same stored random draws: 10 optimizer steps of the full
-// (classic) method on the micro pipeline with the conv_in surgery, gradient accumulation 2,
+// (classic) method, and of LISA with the sets lisadiff drew (re-draws every 3 steps), on the
+// micro pipeline with the conv_in surgery, gradient accumulation 2,
 // conditioning dropout on (every region hit) and EMA: the loss of every micro-batch, the final
 // weights and the EMA shadows. Label python (it runs the venv's Python).
 #include <gtest/gtest.h>
@@ -19,7 +20,10 @@ namespace {
 namespace fs = std::filesystem;
 using testing::fixtures_dir;
 
-TEST(InstructPix2PixParity, TenStepsOfTheFullMethodEqualThePythonReference) {
+class InstructPix2PixMethodParity : public ::testing::TestWithParam<train::TrainMethod> {};
+
+TEST_P(InstructPix2PixMethodParity, TenStepsEqualThePythonReference) {
+  const auto method = GetParam();
   testing::TempDir tmp;
   const auto base = fixtures_dir() / "pipelines/micro-sd";
   const int steps = 10, accumulation = 2, batch = 2, resolution = 32;
@@ -62,20 +66,11 @@ TEST(InstructPix2PixParity, TenStepsOfTheFullMethodEqualThePythonReference) {
   }
   fs::create_directories(tmp / "inputs");
   io::write_safetensors(tmp / "inputs/inputs.safetensors", inputs);
-  const nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", 1e-3},
+  nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", 1e-3},
                                    {"lr_scheduler", "cosine"}, {"lr_warmup_steps", 2}, {"max_grad_norm", 0.05},
                                    {"adam_beta1", 0.9}, {"adam_beta2", 0.999}, {"adam_weight_decay", 1e-2},
                                    {"adam_epsilon", 1e-8}, {"dropout_prob", p}, {"use_ema", true},
                                    {"seed", seed}, {"texts", texts}};
-  testing::write_file(tmp / "inputs/settings.json", settings.dump());
-
-  // The Python reference.
-  const auto [rc, log] = testing::run_command(testing::test_python() + " " +
-                                              (testing::tests_dir().parent_path() / "scripts/ip2p_reference.py").string() +
-                                              " --pipeline " + base.string() + " --inputs " + (tmp / "inputs").string() +
-                                              " --out " + (tmp / "ref.safetensors").string() + " 2>&1");
-  ASSERT_EQ(rc, 0) << log;
-  const io::SafetensorsReader ref(tmp / "ref.safetensors");
 
   // lisadiff: the recipe's models and step, the Trainer's full classic step.
   models::LoadOptions frozen;
@@ -88,7 +83,10 @@ TEST(InstructPix2PixParity, TenStepsOfTheFullMethodEqualThePythonReference) {
   torch::manual_seed(seed);
   ASSERT_TRUE(recipes::widen_conv_in(unet, 8, false));
   train::TrainerOptions o;
-  o.method = train::TrainMethod::kFull;
+  o.method = method;
+  o.lisa.n_active = 6;
+  o.lisa.interval = 3;
+  o.lisa.seed = 11;
   o.output_dir = tmp / "run";
   o.max_train_steps = steps;
   o.gradient_accumulation_steps = accumulation;
@@ -113,11 +111,25 @@ TEST(InstructPix2PixParity, TenStepsOfTheFullMethodEqualThePythonReference) {
   }
   auto unused = at::make_generator<at::CPUGeneratorImpl>(0);
   std::vector<double> losses;
+  nlohmann::json sets = nlohmann::json::array();  // LISA: the active names of every step
   trainer.train([&](const train::MicroBatch& mb) {
+    if (trainer.lisa() && mb.index == 0) sets.push_back(trainer.lisa()->active_names());
     auto r = recipes::instruct_pix2pix_step(m, batches.at(mb.count), unused, draws.at(mb.count));
     losses.push_back(r.loss.item<double>());
     return r;
   });
+
+  // The Python reference, told the method and (LISA) the sets that trained.
+  settings["method"] = method == train::TrainMethod::kLisa ? "lisa" : "full";
+  settings["sets"] = sets;
+  testing::write_file(tmp / "inputs/settings.json", settings.dump());
+  const auto [rc, log] = testing::run_command(testing::test_python() + " " +
+                                              (testing::tests_dir().parent_path() / "scripts/ip2p_reference.py").string() +
+                                              " --pipeline " + base.string() + " --inputs " + (tmp / "inputs").string() +
+                                              " --out " + (tmp / "ref.safetensors").string() + " 2>&1");
+  ASSERT_EQ(rc, 0) << log;
+  const io::SafetensorsReader ref(tmp / "ref.safetensors");
+
 
   // Losses: the forward passes agree to float32 rounding (the UNet and VAE equal diffusers to
   // ~1e-6 relative); later steps inherit the weights' differences.
@@ -135,10 +147,17 @@ TEST(InstructPix2PixParity, TenStepsOfTheFullMethodEqualThePythonReference) {
   for (const auto& [name, shadow] : trainer.ema()->shadows()) {
     EXPECT_TRUE(testing::close_tensor("ema." + name, shadow, ref.tensor("ema." + name), 1e-5, 1e-4));
   }
-  // The run really trained, clipped and dropped: the weights moved, and differ from the start.
+  // The run really trained: the last tensor (always on under LISA) moved.
   const auto start = models::load_unet(base / "unet");
   EXPECT_FALSE(testing::same_tensor(trainer.trainable().back().second, start->named_parameters().pairs().back().second));
+  if (method == train::TrainMethod::kLisa) {
+    EXPECT_NE(sets.front(), sets.back());  // re-draws happened
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Methods, InstructPix2PixMethodParity,
+                         ::testing::Values(train::TrainMethod::kFull, train::TrainMethod::kLisa),
+                         [](const auto& info) { return train::method_name(info.param); });
 
 // What the executable writes is a pipeline diffusers' StableDiffusionInstructPix2PixPipeline
 // loads and runs, with the 8-channel UNet lisadiff trained.
