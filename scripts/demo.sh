@@ -4,7 +4,8 @@
 # the full SD1.5 architecture, 4.3 GB), shows what `lisadiff inspect` reports about them, and
 # writes two small synthetic datasets with `lisadiff make-dataset` (DPO pairs as webdataset
 # shards, text-to-image as an image folder), and ends with a captioned grid of images that
-# `lisadiff generate` makes with the tiny pipeline.
+# `lisadiff generate` makes with the tiny pipeline, after a short InstructPix2Pix LISA run of the
+# tiny pipeline on synthetic edits and an edit made with its result.
 # LISADIFF_DEMO_SD15=0 skips the SD1.5-size pipeline. Later issues grow this into a LISA run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,23 @@ if [ "${LISADIFF_DEMO_SD15:-1}" != 0 ]; then
   echo "[demo] lisadiff inspect $out/sd15"
   "$lisadiff" inspect "$out/sd15"
 fi
+
+# A recipe: InstructPix2Pix fine-tuning of the tiny pipeline with LISA on synthetic edits
+# (a few seconds), then an edit with the trained pipeline.
+echo "[demo] lisadiff make-dataset --kind ip2p --format folder --n 32 --size 64 --out $out/shapes-ip2p"
+"$lisadiff" make-dataset --kind ip2p --format folder --n 32 --size 64 --seed 0 --out "$out/shapes-ip2p" --overwrite
+echo "[demo] instruct_pix2pix --method lisa: 40 steps of the tiny pipeline on it -> $out/ip2p-lisa"
+rm -rf "$out/ip2p-lisa"
+"$BUILD/apps/instruct_pix2pix" --pretrained_model_name_or_path "$out/tiny-sd" --dataset_name "$out/shapes-ip2p" \
+  --resolution 64 --train_batch_size 4 --max_train_steps 40 --checkpointing_steps 20 --learning_rate 1e-3 \
+  --conditioning_dropout_prob 0.05 --seed 0 --method lisa --lisa_interval 5 \
+  --val_image_url "$out/shapes-ip2p/images/000000000_input.png" --validation_prompt "make the triangle red" \
+  --num_validation_images 2 --validation_epochs 2 --output_dir "$out/ip2p-lisa"
+echo "[demo] lisadiff generate $out/ip2p-lisa --image .../000000001_input.png --prompt 'make the circle white'"
+"$lisadiff" generate "$out/ip2p-lisa" --image "$out/shapes-ip2p/images/000000001_input.png" \
+  --prompt "make the circle white" --steps 10 --seed 0 --out "$out/ip2p-edit" --overwrite
+"$lisadiff" plot "$out/ip2p-lisa" --out "$out/ip2p-lisa/metrics.png"
+echo "[demo] the run: $out/ip2p-lisa (pipeline, checkpoints, validation/, metrics.png); the edit: $out/ip2p-edit"
 
 # Last: pictures. The tiny pipeline has random weights, so its images are structured noise
 # until a recipe trains it; the grid shows the pipeline, the captions and the seeds.

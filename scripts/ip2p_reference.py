@@ -6,6 +6,11 @@ components, torch.optim.AdamW, clip_grad_norm_, diffusers' get_scheduler and EMA
 random draws the test stored, so that both sides see the same numbers.
 
     ip2p_reference.py --pipeline DIR --inputs DIR --out FILE.safetensors
+    ip2p_reference.py --pipeline DIR --bench full|lisa --steps N --batch B --resolution R [--json FILE]
+
+--bench (scripts/bench_ip2p.py's Python side) draws its own inputs (seeded) instead of reading
+them, LISA trains the first and last tensor plus 8 drawn ones (the fork's 8/P), and it writes
+the wall-clock seconds of every optimizer step instead of weights.
 
 DIR (inputs) holds inputs.safetensors (for micro-batch i: original.i, edited.i [B,3,R,R] in
 [-1, 1], latent_noise.i, noise.i [B,4,h,w], timesteps.i [B] int64, dropout_r.i [B]) and
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,14 +50,43 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 
+def bench_inputs(args):
+    """Settings and seeded random inputs of the benchmark (the recipe's defaults otherwise)."""
+    g = torch.Generator().manual_seed(0)
+    vae_cfg = json.loads((Path(args.pipeline) / "vae/config.json").read_text())
+    h = args.resolution // 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    inputs = {}
+    for i in range(args.steps):
+        b, r = args.batch, args.resolution
+        inputs[f"original.{i}"] = torch.rand(b, 3, r, r, generator=g) * 2 - 1
+        inputs[f"edited.{i}"] = torch.rand(b, 3, r, r, generator=g) * 2 - 1
+        inputs[f"latent_noise.{i}"] = torch.randn(b, 4, h, h, generator=g)
+        inputs[f"noise.{i}"] = torch.randn(b, 4, h, h, generator=g)
+        inputs[f"timesteps.{i}"] = torch.randint(0, 1000, (b,), generator=g)
+        inputs[f"dropout_r.{i}"] = torch.rand(b, generator=g)
+    settings = dict(method=args.bench, steps=args.steps, accumulation=1, learning_rate=5e-5, lr_scheduler="constant",
+                    lr_warmup_steps=0, max_grad_norm=1.0, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2,
+                    adam_epsilon=1e-8, dropout_prob=0.05, use_ema=False, seed=0,
+                    texts=[["make it blue"] * args.batch] * args.steps)
+    return settings, inputs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True)
-    p.add_argument("--inputs", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--inputs")
+    p.add_argument("--out")
+    p.add_argument("--bench", choices=["full", "lisa"])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--json")
     args = p.parse_args()
-    s = json.loads((Path(args.inputs) / "settings.json").read_text())
-    inputs = load_file(str(Path(args.inputs) / "inputs.safetensors"))
+    if args.bench:
+        s, inputs = bench_inputs(args)
+    else:
+        s = json.loads((Path(args.inputs) / "settings.json").read_text())
+        inputs = load_file(str(Path(args.inputs) / "inputs.safetensors"))
     base = args.pipeline
 
     # The script: set_seed(seed), then the models (from_pretrained draws nothing: its weights
@@ -98,10 +133,16 @@ def main() -> None:
                         return_tensors="pt").input_ids
         return text_encoder(ids)[0]
 
+    if args.bench and lisa:
+        names = list(params)
+        g = torch.Generator().manual_seed(0)
+        drawn = torch.randperm(len(names) - 2, generator=g)[:8] + 1
+        s["sets"] = [[names[0], names[-1]] + [names[i] for i in drawn.tolist()]] * s["steps"]
     p_drop = s["dropout_prob"]
-    losses = []
+    losses, step_seconds = [], []
     A = s["accumulation"]
     for step in range(s["steps"]):
+        t0 = time.perf_counter()
         if lisa:
             active = set(s["sets"][step])
             for name, param in params.items():
@@ -151,7 +192,12 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(unet.parameters())
+        step_seconds.append(time.perf_counter() - t0)
 
+    if args.bench:
+        Path(args.json).write_text(json.dumps({"step_seconds": step_seconds, "losses": losses,
+                                               "threads": torch.get_num_threads(), "torch": torch.__version__}))
+        return
     out = {"losses": torch.tensor(losses, dtype=torch.float64)}
     for name, value in unet.named_parameters():
         out[f"unet.{name}"] = value.detach().contiguous()

@@ -7,6 +7,7 @@
 
 #include <fstream>
 
+#include "io/safetensors.h"
 #include "models/unet.h"
 #include "recipes/instruct_pix2pix.h"
 #include "test_util.h"
@@ -123,6 +124,52 @@ TEST(InstructPix2PixApp, TheReadmeCommandRunsAndWritesAPipeline) {
                                                 " --prompt 'make it blue' --steps 2 --out " + (tmp / "gen").string() +
                                                 " 2>&1");
   EXPECT_EQ(grc, 0) << glog;
+}
+
+// A base laid out as users download SD1.5: safety_checker/ and feature_extractor/ in
+// model_index.json, fp16 variant files beside the fp32 ones. It loads (the fp32 files without
+// --variant), and the saved pipeline carries the folders the recipe does not train unchanged.
+TEST(InstructPix2PixApp, AnSd15StyleBaseLoadsAndItsOtherFoldersAreCarried) {
+  TempDir tmp;
+  const auto base = tmp / "sd15-style";
+  fs::copy(micro_sd(), base, fs::copy_options::recursive);
+  auto index = testing::read_json(base / "model_index.json");
+  index["safety_checker"] = {"stable_diffusion", "StableDiffusionSafetyChecker"};
+  index["feature_extractor"] = {"transformers", "CLIPImageProcessor"};
+  index["requires_safety_checker"] = true;
+  testing::write_file(base / "model_index.json", index.dump(2));
+  fs::create_directories(base / "safety_checker");
+  fs::create_directories(base / "feature_extractor");
+  testing::write_file(base / "safety_checker/config.json", R"({"_class_name": "StableDiffusionSafetyChecker"})");
+  testing::write_file(base / "safety_checker/model.safetensors", "not read by the recipe");
+  testing::write_file(base / "feature_extractor/preprocessor_config.json", R"({"crop_size": 224})");
+  for (const char* part : {"unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"}) {
+    const io::SafetensorsReader r(base / (std::string(part) + ".safetensors"));
+    io::NamedTensors half;
+    for (const auto& e : r.entries()) half.emplace_back(e.name, r.tensor(e.name).to(torch::kHalf));
+    io::write_safetensors(base / (std::string(part) + ".fp16.safetensors"), half, {{"format", "pt"}});
+  }
+  const auto data = make_ip2p_data(tmp / "data", 2);
+  const auto out = tmp / "out";
+  const auto [rc, log] = testing::run_command(app() + " --pretrained_model_name_or_path " + base.string() +
+                                              " --dataset_name " + data.string() + " --resolution 32 --train_batch_size 2"
+                                              " --max_train_steps 1 --seed 0 --output_dir " + out.string() + " 2>&1");
+  ASSERT_EQ(rc, 0) << log;
+  const auto saved = testing::read_json(out / "model_index.json");
+  EXPECT_EQ(saved.at("_class_name"), "StableDiffusionInstructPix2PixPipeline");
+  EXPECT_EQ(saved.at("safety_checker"), index.at("safety_checker"));
+  EXPECT_EQ(saved.at("requires_safety_checker"), true);
+  EXPECT_EQ(testing::read_file(out / "safety_checker/model.safetensors"), "not read by the recipe");
+  EXPECT_EQ(testing::read_file(out / "feature_extractor/preprocessor_config.json"), R"({"crop_size": 224})");
+  // The trained UNet is float32 whatever the base's variants.
+  const io::SafetensorsReader unet(out / "unet/diffusion_pytorch_model.safetensors");
+  EXPECT_EQ(unet.entry("conv_in.weight").dtype, io::Dtype::F32);
+  // With --variant fp16 the VAE and the text encoder come from the fp16 files.
+  const auto [vrc, vlog] = testing::run_command(app() + " --pretrained_model_name_or_path " + base.string() +
+                                                " --dataset_name " + data.string() + " --resolution 32 --train_batch_size 2"
+                                                " --max_train_steps 1 --seed 0 --variant fp16 --output_dir " +
+                                                (tmp / "out16").string() + " 2>&1");
+  EXPECT_EQ(vrc, 0) << vlog;
 }
 
 TEST(InstructPix2PixApp, ValidationEditsTheValidationImage) {
