@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import run_child  # noqa: E402
+
 PROMPTS = ["a red circle on a white background", "a blue square", "a green triangle in the middle"]
 
 
@@ -58,19 +61,6 @@ def reference(args: argparse.Namespace) -> None:
     (out_dir / "result.json").write_text(json.dumps({
         "load_s": load_s, "seconds": seconds, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "scheduler": type(pipe.scheduler).__name__}))
-
-
-def run_child(cmd: list[str], log: Path) -> tuple[float, int]:
-    """Runs cmd, returns (wall seconds, peak RSS bytes of that child)."""
-    with open(log, "w") as f:
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        sys.exit(f"bench_generate.py: {cmd[0]} failed with exit code {code}; see {log}:\n" + log.read_text()[-2000:])
-    return wall, usage.ru_maxrss * 1024
 
 
 def main() -> None:

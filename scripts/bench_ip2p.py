@@ -25,18 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import run_child  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_child(cmd: list[str], log: Path) -> tuple[float, int]:
-    with open(log, "w") as f:
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"bench_ip2p.py: {cmd[0]} failed; see {log}:\n" + log.read_text()[-2000:])
-    return wall, usage.ru_maxrss * 1024
 
 
 def main() -> None:
