@@ -50,25 +50,12 @@ void check_keyword(const std::string& key) {
 
 }  // namespace
 
-std::string encode_png_with_text(const torch::Tensor& image, const PngText& text) {
-  if (!image.defined() || image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != torch::kUInt8 ||
-      !image.device().is_cpu()) {
-    throw Error("encode_png_with_text: expected a CPU uint8 tensor [H, W, 3]");
-  }
-  for (const auto& [key, value] : text) check_keyword(key);
-  const auto pixels = image.contiguous();
-  const auto height = static_cast<png_uint_32>(pixels.size(0)), width = static_cast<png_uint_32>(pixels.size(1));
-  std::vector<png_text> chunks(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    std::memset(&chunks[i], 0, sizeof(png_text));
-    chunks[i].compression = PNG_ITXT_COMPRESSION_NONE;
-    chunks[i].key = const_cast<char*>(text[i].first.c_str());
-    chunks[i].text = const_cast<char*>(text[i].second.c_str());
-    chunks[i].itxt_length = text[i].second.size();
-    chunks[i].lang = const_cast<char*>("");
-    chunks[i].lang_key = const_cast<char*>("");
-  }
-  std::string out;
+namespace {
+
+// The libpng part of encode_png_with_text, apart from the C++ objects it builds first: a
+// longjmp out of libpng must cross no destructor and clobber no local that is live after it.
+void write_png(std::string& out, const std::uint8_t* data, png_uint_32 width, png_uint_32 height,
+               std::vector<png_text>& chunks) {
   ErrorState state;
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &state, on_error, on_warning);
   if (!png) throw Error("encode_png_with_text: out of memory");
@@ -82,10 +69,33 @@ std::string encode_png_with_text(const torch::Tensor& image, const PngText& text
                PNG_FILTER_TYPE_DEFAULT);
   if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
   png_write_info(png, info);
-  const auto* data = pixels.data_ptr<std::uint8_t>();
   for (png_uint_32 y = 0; y < height; ++y) png_write_row(png, const_cast<png_bytep>(data + static_cast<std::size_t>(y) * width * 3));
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
+}
+
+}  // namespace
+
+std::string encode_png_with_text(const torch::Tensor& image, const PngText& text) {
+  if (!image.defined() || image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != torch::kUInt8 ||
+      !image.device().is_cpu()) {
+    throw Error("encode_png_with_text: expected a CPU uint8 tensor [H, W, 3]");
+  }
+  for (const auto& [key, value] : text) check_keyword(key);
+  const auto pixels = image.contiguous();
+  std::vector<png_text> chunks(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    std::memset(&chunks[i], 0, sizeof(png_text));
+    chunks[i].compression = PNG_ITXT_COMPRESSION_NONE;
+    chunks[i].key = const_cast<char*>(text[i].first.c_str());
+    chunks[i].text = const_cast<char*>(text[i].second.c_str());
+    chunks[i].itxt_length = text[i].second.size();
+    chunks[i].lang = const_cast<char*>("");
+    chunks[i].lang_key = const_cast<char*>("");
+  }
+  std::string out;
+  write_png(out, pixels.data_ptr<std::uint8_t>(), static_cast<png_uint_32>(pixels.size(1)),
+            static_cast<png_uint_32>(pixels.size(0)), chunks);
   return out;
 }
 

@@ -131,12 +131,17 @@ int64_t index_in_schedule(const torch::Tensor& timesteps, double timestep, const
   return hits[hits.size(0) > 1 ? 1 : 0][0].item<int64_t>();
 }
 
-DDIMScheduler::DDIMScheduler(config::SchedulerConfig config, const std::string& source)
-    : config_(std::move(config)), source_(source) {
+AlphaProductScheduler::AlphaProductScheduler(config::SchedulerConfig config, std::string source, bool ignore_zero_snr)
+    : config_(std::move(config)), source_(std::move(source)) {
   config_.validate(source_);
-  alphas_cumprod_ = alphas_cumprod_of(config_);
+  auto betas_config = config_;
+  if (ignore_zero_snr) betas_config.rescale_betas_zero_snr = false;
+  alphas_cumprod_ = alphas_cumprod_of(betas_config);
   final_alpha_cumprod_ = config_.set_alpha_to_one ? torch::tensor(1.0f) : alphas_cumprod_[0].clone();
 }
+
+DDIMScheduler::DDIMScheduler(config::SchedulerConfig config, const std::string& source)
+    : AlphaProductScheduler(std::move(config), source, /*ignore_zero_snr=*/false) {}
 
 DDIMScheduler DDIMScheduler::from_pretrained(const std::filesystem::path& dir) {
   const auto file = scheduler_config_file(dir);

@@ -80,7 +80,38 @@ struct DDIMStepOptions {
   std::optional<at::Generator> generator;
 };
 
-class DDIMScheduler {
+// What DDIM and PNDM share: a validated config, the float32 alpha products of its betas, the
+// alpha product past the last step (1 with set_alpha_to_one, else alphas_cumprod[0]), integer
+// timesteps after set_timesteps, standard normal initial latents, no input scaling.
+class AlphaProductScheduler {
+ public:
+  const config::SchedulerConfig& config() const { return config_; }
+  // float32, CPU, [num_train_timesteps].
+  const torch::Tensor& alphas_cumprod() const { return alphas_cumprod_; }
+  // The alpha product "before" timestep 0, used past the last step (0-d float32).
+  const torch::Tensor& final_alpha_cumprod() const { return final_alpha_cumprod_; }
+  // The initial latents are standard normal.
+  double init_noise_sigma() const { return 1.0; }
+  // 0 until set_timesteps.
+  int num_inference_steps() const { return num_inference_steps_; }
+  // int64, CPU, descending (see the scheduler's set_timesteps); empty until set_timesteps.
+  const torch::Tensor& timesteps() const { return timesteps_; }
+  // Neither scheduler scales the model input.
+  torch::Tensor scale_model_input(const torch::Tensor& sample, int64_t /*timestep*/) const { return sample; }
+
+ protected:
+  // Validates `config` (`source` names it in errors). With ignore_zero_snr the betas are
+  // not rescaled whatever rescale_betas_zero_snr says (PNDM takes no such key).
+  AlphaProductScheduler(config::SchedulerConfig config, std::string source, bool ignore_zero_snr);
+
+  config::SchedulerConfig config_;
+  std::string source_;
+  torch::Tensor alphas_cumprod_, final_alpha_cumprod_;
+  int num_inference_steps_ = 0;
+  torch::Tensor timesteps_;
+};
+
+class DDIMScheduler : public AlphaProductScheduler {
  public:
   // Validates the config (`source` names it in errors). Supports every DDIMScheduler key.
   explicit DDIMScheduler(config::SchedulerConfig config, const std::string& source = "scheduler config");
@@ -88,27 +119,12 @@ class DDIMScheduler {
   // DDIMScheduler config (DDIM's defaults for missing keys, as DDIMScheduler.from_pretrained).
   static DDIMScheduler from_pretrained(const std::filesystem::path& dir);
 
-  const config::SchedulerConfig& config() const { return config_; }
-  // float32, CPU, [num_train_timesteps].
-  const torch::Tensor& alphas_cumprod() const { return alphas_cumprod_; }
-  // The alpha product "before" timestep 0: 1 with set_alpha_to_one, else alphas_cumprod[0]
-  // (0-d float32).
-  const torch::Tensor& final_alpha_cumprod() const { return final_alpha_cumprod_; }
-  // The initial latents are standard normal.
-  double init_noise_sigma() const { return 1.0; }
-
   // The timesteps for `num_inference_steps` steps (1..num_train_timesteps), by
   // timestep_spacing: leading (multiples of num_train // n, plus steps_offset), trailing
   // (round(num_train - i * num_train / n) - 1) or linspace (round(linspace(0, num_train - 1, n))),
   // descending. Throws lisadiff::Error for n outside that range, and for the trailing step
   // counts diffusers mis-schedules (see trailing_spacing).
   void set_timesteps(int num_inference_steps);
-  // 0 until set_timesteps.
-  int num_inference_steps() const { return num_inference_steps_; }
-  // int64, CPU, [num_inference_steps], descending; empty until set_timesteps.
-  const torch::Tensor& timesteps() const { return timesteps_; }
-  // DDIM does not scale the model input.
-  torch::Tensor scale_model_input(const torch::Tensor& sample, int64_t /*timestep*/) const { return sample; }
 
   // One reverse step from `timestep` (in [0, num_train_timesteps)) to
   // timestep - num_train // num_inference_steps (diffusers' rule whatever the spacing; below
@@ -121,12 +137,6 @@ class DDIMScheduler {
  private:
   // The DDPM posterior variance between the two alpha products (formula 16 of the DDIM paper).
   torch::Tensor variance(const torch::Tensor& alpha_prod_t, const torch::Tensor& alpha_prod_t_prev) const;
-
-  config::SchedulerConfig config_;
-  std::string source_;
-  torch::Tensor alphas_cumprod_, final_alpha_cumprod_;
-  int num_inference_steps_ = 0;
-  torch::Tensor timesteps_;
 };
 
 // Shared by the DDIM and LCM steps: x0 from a model output by prediction_type, with

@@ -18,19 +18,14 @@ constexpr int kPrkOrder = 4;
 
 }  // namespace
 
+// PNDMScheduler takes no rescale_betas_zero_snr: diffusers ignores the key, so does this.
 PNDMScheduler::PNDMScheduler(config::SchedulerConfig config, const std::string& source)
-    : config_(std::move(config)), source_(source) {
-  config_.validate(source_);
+    : AlphaProductScheduler(std::move(config), source, /*ignore_zero_snr=*/true) {
   if (config_.prediction_type == "sample") {
     config::field_error(source_, "prediction_type",
                         "PNDMScheduler supports epsilon and v_prediction, not 'sample' (diffusers raises at the first "
                         "step)");
   }
-  // PNDMScheduler takes no rescale_betas_zero_snr: diffusers ignores the key, so does this.
-  auto betas_config = config_;
-  betas_config.rescale_betas_zero_snr = false;
-  alphas_cumprod_ = alphas_cumprod_of(betas_config);
-  final_alpha_cumprod_ = config_.set_alpha_to_one ? torch::tensor(1.0f) : alphas_cumprod_[0].clone();
 }
 
 PNDMScheduler PNDMScheduler::from_pretrained(const std::filesystem::path& dir) {

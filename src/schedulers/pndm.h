@@ -32,7 +32,7 @@
 
 namespace lisadiff::schedulers {
 
-class PNDMScheduler {
+class PNDMScheduler : public AlphaProductScheduler {
  public:
   // Validates the config (`source` names it in errors).
   explicit PNDMScheduler(config::SchedulerConfig config, const std::string& source = "scheduler config");
@@ -40,15 +40,6 @@ class PNDMScheduler {
   // PNDMScheduler config (PNDM's defaults for missing keys: set_alpha_to_one false,
   // skip_prk_steps false).
   static PNDMScheduler from_pretrained(const std::filesystem::path& dir);
-
-  const config::SchedulerConfig& config() const { return config_; }
-  // float32, CPU, [num_train_timesteps].
-  const torch::Tensor& alphas_cumprod() const { return alphas_cumprod_; }
-  // 1 with set_alpha_to_one, else alphas_cumprod[0] (0-d float32): the alpha product past
-  // the last step.
-  const torch::Tensor& final_alpha_cumprod() const { return final_alpha_cumprod_; }
-  // The initial latents are standard normal.
-  double init_noise_sigma() const { return 1.0; }
 
   // The schedule for `num_inference_steps` steps (1..num_train_timesteps) and a fresh step
   // state. With skip_prk_steps the n spaced timesteps t_0 < ... < t_{n-1} give n + 1 steps,
@@ -59,12 +50,6 @@ class PNDMScheduler {
   // numpy broadcast error below). Throws lisadiff::Error for n out of range, and for the
   // trailing step counts diffusers mis-schedules (see trailing_spacing in ddim.h).
   void set_timesteps(int num_inference_steps);
-  // 0 until set_timesteps.
-  int num_inference_steps() const { return num_inference_steps_; }
-  // int64, CPU, descending with repeats (see set_timesteps); empty until set_timesteps.
-  const torch::Tensor& timesteps() const { return timesteps_; }
-  // PNDM does not scale the model input.
-  torch::Tensor scale_model_input(const torch::Tensor& sample, int64_t /*timestep*/) const { return sample; }
 
   // The next step of the schedule from `timestep` (the current entry of timesteps()).
   // Returns prev_sample only (pred_original_sample is undefined: diffusers' PNDM has none).
@@ -80,12 +65,7 @@ class PNDMScheduler {
   torch::Tensor prev_sample(const torch::Tensor& sample, int64_t timestep, int64_t prev_timestep,
                             torch::Tensor model_output) const;
 
-  config::SchedulerConfig config_;
-  std::string source_;
-  torch::Tensor alphas_cumprod_, final_alpha_cumprod_;
-  int num_inference_steps_ = 0;
   std::vector<int64_t> prk_timesteps_;  // empty with skip_prk_steps
-  torch::Tensor timesteps_;
   // Step state (diffusers' counter, ets, cur_sample, cur_model_output).
   int64_t counter_ = 0;
   std::vector<torch::Tensor> ets_;

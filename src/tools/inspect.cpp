@@ -180,7 +180,7 @@ InspectReport inspect(const fs::path& path, const std::string& variant) {
   report.pipeline_class = index.class_name;
   report.diffusers_version = index.diffusers_version;
   for (const auto& component : index.components) {
-    ComponentReport out{component.name, component.library.value_or(""), component.class_name.value_or(""), "", {}};
+    ComponentReport out{component.name, component.library.value_or(""), component.class_name.value_or(""), "", {}, {}};
     if (component.present()) {
       if (!io::is_plain_relative(component.name)) {
         throw Error((path / "model_index.json").string(), field_key(component.name),
