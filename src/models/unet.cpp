@@ -234,11 +234,17 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, con
 }
 
 void save_unet(const UNet2DConditionModelImpl& unet, const std::filesystem::path& dir) {
+  save_unet(unet.config, parameters_of(unet), dir);
+}
+
+void save_unet(const UNet2DConditionConfig& config, const io::NamedTensors& weights, const std::filesystem::path& dir) {
   std::filesystem::create_directories(dir);
-  auto json = unet.config.to_json();
+  auto json = config.to_json();
   json["_diffusers_version"] = kDiffusersFormatVersion;
   io::write_file_atomic(dir / "config.json", json.dump(2) + "\n");
-  save_parameters(unet, dir / "diffusion_pytorch_model.safetensors");
+  io::NamedTensors contiguous;
+  for (const auto& [name, t] : weights) contiguous.emplace_back(name, t.detach().contiguous());
+  io::write_safetensors(dir / "diffusion_pytorch_model.safetensors", contiguous, {{"format", "pt"}});
 }
 
 UNet2DConditionModel load_unet(const std::filesystem::path& dir, const LoadOptions& options, const std::string& variant) {

@@ -92,6 +92,9 @@ std::vector<std::string> unet_top_level_blocks(const config::UNet2DConditionConf
 // Writes `<dir>/config.json` and `<dir>/diffusion_pytorch_model.safetensors` (float32 as the
 // model holds it), as diffusers' save_pretrained does; each file atomically.
 void save_unet(const UNet2DConditionModelImpl& unet, const std::filesystem::path& dir);
+// The same for a config and weights given apart (e.g. LoRA-merged ones), in their dtypes.
+void save_unet(const config::UNet2DConditionConfig& config, const io::NamedTensors& weights,
+               const std::filesystem::path& dir);
 
 // Reads `<dir>/config.json` and the weights (variant: "fp16", ... or empty) into a model of
 // options.dtype on options.device, in eval mode.

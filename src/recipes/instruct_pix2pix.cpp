@@ -63,6 +63,8 @@ FlagTable instruct_pix2pix_flags() {
         "lisadiff: copy the pretrained conv_in bias into the widened conv_in (the script leaves a fresh random "
         "bias: huggingface/diffusers#4960)");
   add_method_flags(t, "lisa");
+  // LoRA alone cannot learn the image: the widened conv_in's image channels start at zero.
+  t.set_default("lora_modules_to_save", Json::array({"conv_in"}));
   return t;
 }
 
@@ -250,9 +252,11 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
                               values.at("train_batch_size").get<double>() * data_options.world_size;
   }
   auto options = train::TrainerOptions::read(reader);
-  if (options.method == train::TrainMethod::kLora) {
-    throw UsageError("--method lora: not yet for InstructPix2Pix (the widened conv_in has to train with the adapters, "
-                     "which the LoRA trainer does not do yet); use --method lisa or full");
+  if (options.method == train::TrainMethod::kLora &&
+      std::find(options.lora.modules_to_save.begin(), options.lora.modules_to_save.end(), "conv_in") ==
+          options.lora.modules_to_save.end()) {
+    spdlog::warn("--method lora without conv_in in --lora_modules_to_save: the image channels of conv_in start at "
+                 "zero and stay there, so the UNet cannot learn from the source image");
   }
   options.tracker_project_name = "instruct-pix2pix";  // the script's fixed project name
   finish_reading(table, reader);
@@ -347,10 +351,16 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
         if (epoch % settings.validation_epochs == 0) validator->run(step, unet, spec);
       });
   trainer.save_final();
-  if (options.main_process && options.method != train::TrainMethod::kLora) {
-    complete_pipeline_folder(settings.base, options.output_dir, {"unet"}, "StableDiffusionInstructPix2PixPipeline");
-    spdlog::info("wrote the InstructPix2Pix pipeline to {}", options.output_dir.string());
+  if (!options.main_process) return;
+  if (trainer.lora()) {
+    // The LoRA file and the trained modules are written; the pipeline gets the merged UNet
+    // (W + scale B A, and the trained conv_in), which diffusers and lisadiff generate load.
+    auto merged = trainer.lora()->merged(train::named_parameters(*unet));
+    for (auto& [name, t] : merged) t = t.detach().to(torch::kFloat32);  // frozen_dtype may have halved them
+    models::save_unet(unet->config, merged, options.output_dir / "unet");
   }
+  complete_pipeline_folder(settings.base, options.output_dir, {"unet"}, "StableDiffusionInstructPix2PixPipeline");
+  spdlog::info("wrote the InstructPix2Pix pipeline to {}", options.output_dir.string());
 }
 
 }  // namespace lisadiff::recipes

@@ -126,6 +126,8 @@ void add_method_flags(FlagTable& t, const std::string& default_method) {
   t.add(kMethod, "lora_alpha", FlagType::kFloat, -1.0, "LoRA: alpha (-1: the rank, scale 1)");
   t.add(kMethod, "lora_target_modules", FlagType::kList, Json::array({"to_q", "to_k", "to_v", "to_out.0"}),
         "LoRA: adapted attention projections");
+  t.add(kMethod, "lora_modules_to_save", FlagType::kList, Json::array(),
+        "LoRA: modules trained in full next to the adapters (peft's modules_to_save)");
   with_choices(t.add(kMethod, "lora_init", FlagType::kString, "kaiming",
                      "LoRA: initialisation of A (kaiming: peft's default; gaussian)"),
                {"kaiming", "gaussian"});

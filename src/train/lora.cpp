@@ -84,6 +84,17 @@ Lora::Lora(torch::nn::Module& model, LoraOptions options) : options_(std::move(o
     }
   }
   if (attached_.empty()) throw Error("LoRA: the model has no attention projections to adapt");
+  adapter_count_ = params_.size();
+  for (const auto& module : options_.modules_to_save) {
+    bool found = false;
+    for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+      if (item.key().rfind(module + ".", 0) != 0) continue;
+      found = true;
+      item.value().set_requires_grad(true);
+      params_.emplace_back(item.key(), item.value());
+    }
+    if (!found) throw Error("LoRA: modules_to_save '" + module + "' names no module of the model");
+  }
   spdlog::info("LoRA: {} adapters of rank {} (scale {}), {} parameters", attached_.size(), options_.rank, scale_,
                parameter_count());
 }
@@ -105,14 +116,39 @@ void Lora::set_enabled(bool enabled) {
 void Lora::save(const std::filesystem::path& dir, const std::string& prefix) const {
   std::filesystem::create_directories(dir);
   io::NamedTensors out;
-  for (const auto& [name, t] : params_) out.emplace_back(prefix + "." + name, t.detach().contiguous());
+  io::NamedTensors modules;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto& [name, t] = params_[i];
+    if (i < adapter_count_) {
+      out.emplace_back(prefix + "." + name, t.detach().contiguous());
+    } else {
+      modules.emplace_back(name, t.detach().to(torch::kFloat32).contiguous());
+    }
+  }
   io::write_safetensors(dir / kFileName, out, {{"format", "pt"}});
+  if (!modules.empty()) io::write_safetensors(dir / kModulesFileName, modules, {{"format", "pt"}});
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> Lora::merged(
+    const std::vector<std::pair<std::string, torch::Tensor>>& params) const {
+  torch::NoGradGuard no_grad;
+  auto out = params;
+  for (const auto& a : attached_) {
+    const auto& weight = base_of(*a.attention, a.slot)->weight;
+    for (auto& [name, t] : out) {
+      if (!t.is_same(weight)) continue;
+      const auto delta = a.adapter->B.mm(a.adapter->A) * a.adapter->scale;
+      t = (t.to(torch::kFloat32) + delta.to(t.device())).to(t.scalar_type());
+    }
+  }
+  return out;
 }
 
 void Lora::load(const std::filesystem::path& file, const std::string& prefix) {
   io::SafetensorsReader reader(file);
   std::vector<std::string> missing;
-  for (const auto& [name, t] : params_) {
+  for (std::size_t i = 0; i < adapter_count_; ++i) {
+    const auto& [name, t] = params_[i];
     const auto key = prefix + "." + name;
     if (!reader.contains(key)) {
       missing.push_back(key);
@@ -129,6 +165,24 @@ void Lora::load(const std::filesystem::path& file, const std::string& prefix) {
   }
   if (!missing.empty()) {
     throw Error(file.string(), fmt::format("{} adapter tensors missing, first: {}", missing.size(), missing.front()));
+  }
+  if (adapter_count_ == params_.size()) return;
+  const auto modules_file = file.parent_path() / kModulesFileName;
+  if (!std::filesystem::exists(modules_file)) {
+    throw Error(modules_file.string(), "missing: the run trains modules_to_save next to the adapters");
+  }
+  io::SafetensorsReader modules(modules_file);
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = adapter_count_; i < params_.size(); ++i) {
+    const auto& [name, t] = params_[i];
+    if (!modules.contains(name)) throw Error(modules_file.string(), tensor_key(name), "missing");
+    const auto value = modules.tensor(name);
+    if (!value.sizes().equals(t.sizes())) {
+      throw Error(modules_file.string(), tensor_key(name),
+                  fmt::format("shape [{}] in the file, [{}] in the model", fmt::join(value.sizes(), ", "),
+                              fmt::join(t.sizes(), ", ")));
+    }
+    t.copy_(value);
   }
 }
 

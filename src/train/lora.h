@@ -24,6 +24,10 @@ struct LoraOptions {
   // (the Diffusion-DPO script's choice). B = 0 either way, so training starts from the base.
   std::string init = "kaiming";
   double dropout = 0.0;
+  // peft's modules_to_save: modules (names in the model, e.g. "conv_in") whose parameters
+  // train in full next to the adapters. InstructPix2Pix needs it: its widened conv_in must
+  // learn the image channels. They are saved apart from the adapters (kModulesFileName).
+  std::vector<std::string> modules_to_save;
 };
 
 class Lora {
@@ -38,18 +42,29 @@ class Lora {
   Lora& operator=(const Lora&) = delete;
 
   // peft's state-dict names ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight")
-  // and tensors, in order; these are what the optimizer trains.
+  // and tensors, in order, then the modules_to_save parameters under their model names:
+  // what the optimizer trains.
   const std::vector<std::pair<std::string, torch::Tensor>>& parameters() const { return params_; }
   int64_t parameter_count() const;
   double scale() const { return scale_; }
 
   // The file save() writes and diffusers' load_lora_weights reads.
   static constexpr const char* kFileName = "pytorch_lora_weights.safetensors";
+  // The modules_to_save parameters, under their model names, beside the LoRA file.
+  static constexpr const char* kModulesFileName = "modules_to_save.safetensors";
   // Writes `<dir>/pytorch_lora_weights.safetensors` with diffusers' key names
-  // ("<prefix>.<peft name>", prefix "unet"), atomically.
+  // ("<prefix>.<peft name>", prefix "unet"), atomically; with modules_to_save also
+  // `<dir>/modules_to_save.safetensors`.
   void save(const std::filesystem::path& dir, const std::string& prefix = "unet") const;
-  // Loads adapter values saved by save() or by diffusers' save_lora_weights.
+  // Loads adapter values saved by save() or by diffusers' save_lora_weights, and the
+  // modules_to_save file beside `file` when there are such modules.
   void load(const std::filesystem::path& file, const std::string& prefix = "unet");
+
+  // `params` (a model's named parameters) with every adapted projection's weight replaced
+  // by the merged W + scale * B A (new tensors; the model is not changed): a plain model's
+  // weights that compute what the adapted model computes.
+  std::vector<std::pair<std::string, torch::Tensor>> merged(
+      const std::vector<std::pair<std::string, torch::Tensor>>& params) const;
 
   void set_enabled(bool enabled);
 
@@ -57,6 +72,7 @@ class Lora {
   LoraOptions options_;
   double scale_ = 1.0;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
+  std::size_t adapter_count_ = 0;  // params_[0, adapter_count_) are adapters, the rest modules
   // Each adapter and the attention module slot it is attached to (0 to_q, 1 to_k, 2 to_v,
   // 3 to_out.0).
   struct Attached {

@@ -191,6 +191,7 @@ TrainerOptions TrainerOptions::read(config::FieldReader& r) {
   r("lora_alpha", o.lora.alpha);
   r("lora_target_modules", o.lora.target_modules);
   r("lora_init", o.lora.init);
+  r("lora_modules_to_save", o.lora.modules_to_save);
   o.validate(src);
   return o;
 }

@@ -98,7 +98,8 @@ struct TrainerOptions {
   // "lisa_unit", "lisa_n_active", "lisa_rate", "lisa_interval", "lisa_sampling", "lisa_seed",
   // "lisa_keep_state", "lisa_always_on".
   LisaOptions lisa;
-  // "lora_rank" (alias "rank"), "lora_alpha", "lora_target_modules", "lora_init".
+  // "lora_rank" (alias "rank"), "lora_alpha", "lora_target_modules", "lora_init",
+  // "lora_modules_to_save".
   LoraOptions lora;
   // "report_to": where metrics go besides output_dir/metrics.jsonl, as the diffusers
   // scripts' flag (default "tensorboard"): "tensorboard" writes TensorBoard event files

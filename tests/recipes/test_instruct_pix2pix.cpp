@@ -73,6 +73,24 @@ TEST(InstructPix2PixRecipe, ConditioningDropoutRegions) {
   EXPECT_NEAR(share(m.drop_image.logical_and(m.drop_prompt.logical_not())), p, 0.002);
 }
 
+// The shipped configs are valid for the executable: every key a flag, every value its type;
+// the command line overrides them.
+TEST(InstructPix2PixRecipe, ShippedConfigsParseAndTheCommandLineOverridesThem) {
+  const auto table = recipes::instruct_pix2pix_flags();
+  for (const char* method : {"lisa", "full", "lora"}) {
+    const auto file = testing::tests_dir().parent_path() / "configs/instruct_pix2pix" / (std::string(method) + ".json");
+    const auto parsed = table.parse({"--config", file.string(), "--pretrained_model_name_or_path", "base",
+                                     "--dataset_name", "data", "--max_train_steps", "7"});
+    EXPECT_EQ(parsed.values.at("method"), method) << file;
+    EXPECT_EQ(parsed.values.at("max_train_steps"), 7) << file;             // the command line wins
+    EXPECT_EQ(parsed.values.at("conditioning_dropout_prob"), 0.05) << file;  // the README's recipe
+  }
+  // Every flag's default is one its reader accepts (the table and the readers agree).
+  EXPECT_EQ(table.defaults_json().at("output_dir"), "instruct-pix2pix-model");
+  EXPECT_EQ(table.defaults_json().at("resolution"), 256);
+  EXPECT_EQ(table.defaults_json().at("lora_modules_to_save"), config::Json::array({"conv_in"}));
+}
+
 std::string app() { return (fs::path(testing::cli_path()).parent_path() / "instruct_pix2pix").string(); }
 
 fs::path make_ip2p_data(const fs::path& dir, int n = 6, int size = 32) {
@@ -170,6 +188,32 @@ TEST(InstructPix2PixApp, AnSd15StyleBaseLoadsAndItsOtherFoldersAreCarried) {
                                                 " --max_train_steps 1 --seed 0 --variant fp16 --output_dir " +
                                                 (tmp / "out16").string() + " 2>&1");
   EXPECT_EQ(vrc, 0) << vlog;
+}
+
+// --method lora: adapters plus the widened conv_in (lora_modules_to_save's default for this
+// recipe); the LoRA file and the modules file, and a pipeline with the merged UNet.
+TEST(InstructPix2PixApp, LoraTrainsAdaptersAndConvInAndWritesAMergedPipeline) {
+  TempDir tmp;
+  const auto data = make_ip2p_data(tmp / "data", 4);
+  const auto out = tmp / "out";
+  const auto [rc, log] = testing::run_command(app() + " --pretrained_model_name_or_path " + micro_sd().string() +
+                                              " --dataset_name " + data.string() + " --resolution 32 --train_batch_size 2"
+                                              " --max_train_steps 3 --checkpointing_steps 2 --learning_rate 1e-2 --seed 0"
+                                              " --method lora --lora_rank 2 --output_dir " + out.string() + " 2>&1");
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_TRUE(fs::exists(out / "pytorch_lora_weights.safetensors"));
+  EXPECT_TRUE(fs::exists(out / "checkpoint-2/modules_to_save.safetensors"));
+  const io::SafetensorsReader modules(out / "modules_to_save.safetensors");
+  // conv_in trained: its image channels left zero.
+  EXPECT_GT(modules.tensor("conv_in.weight").slice(1, 4, 8).abs().max().item<float>(), 0.0f);
+  const io::SafetensorsReader merged(out / "unet/diffusion_pytorch_model.safetensors");
+  EXPECT_TRUE(testing::same_tensor(merged.tensor("conv_in.weight"), modules.tensor("conv_in.weight")));
+  EXPECT_EQ(testing::read_json(out / "unet/config.json").at("in_channels"), 8);
+  const auto [grc, glog] = testing::run_command(testing::cli_path() + " generate " + out.string() + " --image " +
+                                                (fixtures_dir() / "inference/source.png").string() +
+                                                " --prompt 'make it blue' --steps 2 --out " + (tmp / "gen").string() +
+                                                " 2>&1");
+  EXPECT_EQ(grc, 0) << glog;
 }
 
 TEST(InstructPix2PixApp, ValidationEditsTheValidationImage) {

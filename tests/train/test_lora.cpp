@@ -7,6 +7,7 @@
 #include "io/safetensors.h"
 #include "models/unet.h"
 #include "train/fused_optimizer.h"
+#include "train/ema.h"
 #include "train/lora.h"
 #include "test_util.h"
 
@@ -129,6 +130,62 @@ TEST(Lora, BadInput) {
   big.rank = 8;
   train::Lora lora(*unet, big);
   EXPECT_THROW_WITH(lora.load(tmp.path() / "pytorch_lora_weights.safetensors"), "lora_A.weight", "another rank?");
+}
+
+// modules_to_save (peft's): the named modules train in full next to the adapters, are saved
+// apart from the LoRA file and loaded back; merged() gives plain weights that compute what the
+// adapted model computes.
+TEST(Lora, ModulesToSaveAndMergedWeights) {
+  auto unet = models::load_unet(micro_unet());
+  train::LoraOptions lo;
+  lo.rank = 2;
+  lo.alpha = 4;  // scale 2
+  lo.modules_to_save = {"conv_in"};
+  train::Lora lora(*unet, lo);
+  const auto& params = lora.parameters();
+  ASSERT_EQ(params[params.size() - 2].first, "conv_in.weight");
+  EXPECT_EQ(params.back().first, "conv_in.bias");
+  EXPECT_TRUE(unet->conv_in->weight.requires_grad());
+  EXPECT_FALSE(unet->conv_out->weight.requires_grad());
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& [name, t] : params) t.add_(torch::randn_like(t) * 0.1);  // B is no longer zero
+  }
+  testing::TempDir tmp;
+  lora.save(tmp.path());
+  const io::SafetensorsReader adapters(tmp / "pytorch_lora_weights.safetensors");
+  EXPECT_FALSE(adapters.contains("unet.conv_in.weight"));  // what load_lora_weights reads: adapters only
+  const io::SafetensorsReader modules(tmp / "modules_to_save.safetensors");
+  EXPECT_TRUE(testing::same_tensor(modules.tensor("conv_in.weight"), unet->conv_in->weight.detach()));
+  // Loading restores adapters and modules.
+  auto other = models::load_unet(micro_unet());
+  train::Lora reloaded(*other, lo);
+  reloaded.load(tmp / "pytorch_lora_weights.safetensors");
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    EXPECT_TRUE(testing::same_tensor(reloaded.parameters()[i].second, params[i].second)) << params[i].first;
+  }
+  std::filesystem::remove(tmp / "modules_to_save.safetensors");
+  EXPECT_THROW_WITH(reloaded.load(tmp / "pytorch_lora_weights.safetensors"), "modules_to_save.safetensors", "missing");
+  // Merged weights in a plain UNet give the adapted UNet's output.
+  const auto merged = lora.merged(train::named_parameters(*unet));
+  auto plain = models::load_unet(micro_unet());
+  {
+    torch::NoGradGuard no_grad;
+    auto target = plain->named_parameters();
+    for (const auto& [name, t] : merged) target[name].copy_(t);
+  }
+  torch::NoGradGuard no_grad;
+  unet->eval();
+  const auto x = torch::randn({1, 4, 8, 8});
+  const auto ctx = torch::randn({1, 7, static_cast<int64_t>(unet->config.cross_attention_dim.at(0))});
+  const auto t = torch::tensor({20});
+  const auto adapted = unet->forward(x, t, ctx);
+  EXPECT_TRUE(close_tensor("merged vs adapted", plain->forward(x, t, ctx), adapted, 1e-5, 1e-4));
+  lora.set_enabled(false);
+  EXPECT_FALSE(close_tensor("adapters off", unet->forward(x, t, ctx), adapted, 1e-5, 1e-4));
+  lo.modules_to_save = {"no_such_module"};
+  auto third = models::load_unet(micro_unet());
+  EXPECT_THROW_WITH(train::Lora(*third, lo), "modules_to_save 'no_such_module' names no module");
 }
 
 }  // namespace
