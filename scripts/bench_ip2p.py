@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """InstructPix2Pix training-step benchmark: the instruct_pix2pix executable against the Python
 reference of the script's loop (scripts/ip2p_reference.py --bench: diffusers components, torch
-AdamW; LISA as per-tensor AdamW over the first, the last and 8 drawn tensors), same pipeline,
+AdamW; LISA as per-tensor AdamW over the first, the last and 8 drawn tensors; LoRA with peft
+adapters of rank 4 and conv_in in full), same pipeline,
 resolution, batch and methods, on the same machine in the same run.
 
-    bench_ip2p.py --pipeline DIR [--resolution 256] [--batch 2] [--steps 4] [--methods "lisa full"]
+    bench_ip2p.py --pipeline DIR [--resolution 256] [--batch 2] [--steps 4] [--methods "lisa lora full"]
                   [--repeats 1] [--label NAME] [--out DIR]
 
 Every measurement is its own process, C++ and Python interleaved. Step time: the median over
@@ -37,7 +38,7 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--methods", default="lisa full")
+    p.add_argument("--methods", default="lisa lora full")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--label", default="")
     p.add_argument("--bin", default=str(ROOT / "build/apps"))
@@ -59,7 +60,7 @@ def main() -> None:
                    str(data), "--resolution", str(args.resolution), "--train_batch_size", str(args.batch),
                    "--max_train_steps", str(args.steps), "--checkpointing_steps", "1000000", "--report_to", "none",
                    "--conditioning_dropout_prob", "0.05", "--learning_rate", "5e-5", "--seed", "0", "--method", method,
-                   "--lisa_interval", "1000000", "--output_dir", str(run)]
+                   "--lisa_interval", "1000000", "--lora_rank", "4", "--output_dir", str(run)]
             print(f"[bench] {method} C++ {rep + 1}/{args.repeats}", file=sys.stderr)
             subprocess.run(["rm", "-rf", str(run)], check=True)
             wall, rss = run_child(cmd, out / f"{method}.cpp.{rep}.log")

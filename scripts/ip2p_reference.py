@@ -9,8 +9,9 @@ random draws the test stored, so that both sides see the same numbers.
     ip2p_reference.py --pipeline DIR --bench full|lisa --steps N --batch B --resolution R [--json FILE]
 
 --bench (scripts/bench_ip2p.py's Python side) draws its own inputs (seeded) instead of reading
-them, LISA trains the first and last tensor plus 8 drawn ones (the fork's 8/P), and it writes
-the wall-clock seconds of every optimizer step instead of weights.
+them, LISA trains the first and last tensor plus 8 drawn ones (the fork's 8/P), LoRA trains
+peft adapters of rank 4 and conv_in, and it writes the wall-clock seconds of every optimizer
+step instead of weights.
 
 DIR (inputs) holds inputs.safetensors (for micro-batch i: original.i, edited.i [B,3,R,R] in
 [-1, 1], latent_noise.i, noise.i [B,4,h,w], timesteps.i [B] int64, dropout_r.i [B]) and
@@ -76,7 +77,7 @@ def main() -> None:
     p.add_argument("--pipeline", required=True)
     p.add_argument("--inputs")
     p.add_argument("--out")
-    p.add_argument("--bench", choices=["full", "lisa"])
+    p.add_argument("--bench", choices=["full", "lisa", "lora"])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--resolution", type=int, default=256)
@@ -116,7 +117,17 @@ def main() -> None:
     ema = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config) if s["use_ema"] else None
 
     hyper = dict(betas=(s["adam_beta1"], s["adam_beta2"]), weight_decay=s["adam_weight_decay"], eps=s["adam_epsilon"])
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=s["learning_rate"], **hyper)
+    if s.get("method") == "lora":
+        # peft adapters on the attention projections (rank 4), as diffusers' LoRA scripts add
+        # them, and conv_in trained in full (its image channels start at zero).
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        unet.conv_in.requires_grad_(True)
+    trained = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=s["learning_rate"], **hyper)
     lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer=optimizer, num_warmup_steps=s["lr_warmup_steps"],
                                  num_training_steps=s["steps"])
     # LISA (lisadiff's semantics, docs/training.md): per optimizer step the recorded set trains
@@ -186,7 +197,7 @@ def main() -> None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         else:
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), s["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(trained, s["max_grad_norm"])
             optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
