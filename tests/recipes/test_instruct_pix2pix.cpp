@@ -267,6 +267,30 @@ TEST(InstructPix2PixApp, AKilledRunResumesToTheStraightRunsWeights) {
   }
 }
 
+// A row whose image file is missing is skipped, named and counted (the data layer's rule:
+// the run stops only when more than max_bad_share of the samples are bad); a pair whose
+// images differ in size trains, each image resized to the resolution as the script does.
+TEST(InstructPix2PixApp, AMissingImageIsSkippedAndNamed) {
+  TempDir tmp;
+  const auto data = make_ip2p_data(tmp / "data", 30);
+  fs::remove(data / "images/000000003_edited.png");
+  const auto [rc, log] = testing::run_command(app() + " --pretrained_model_name_or_path " + micro_sd().string() +
+                                              " --dataset_name " + data.string() + " --resolution 32 --train_batch_size 2"
+                                              " --max_train_steps 3 --seed 0 --output_dir " + (tmp / "out").string() +
+                                              " 2>&1");
+  EXPECT_EQ(rc, 0) << log;
+  EXPECT_NE(log.find("skipping bad sample"), std::string::npos) << log;
+  EXPECT_NE(log.find("000000003_edited.png"), std::string::npos) << log;
+  // Every image missing: the run stops with an error naming the dataset, exit 1.
+  for (const auto& e : fs::directory_iterator(data / "images")) fs::remove(e.path());
+  const auto [brc, blog] = testing::run_command(app() + " --pretrained_model_name_or_path " + micro_sd().string() +
+                                                " --dataset_name " + data.string() + " --resolution 32 --train_batch_size 2"
+                                                " --max_train_steps 3 --seed 0 --output_dir " + (tmp / "out2").string() +
+                                                " 2>&1");
+  EXPECT_EQ(brc, 1) << blog;
+  EXPECT_NE(blog.find(data.string()), std::string::npos) << blog;
+}
+
 TEST(InstructPix2PixApp, BadInputIsOneLineAndExitCode) {
   TempDir tmp;
   const auto data = make_ip2p_data(tmp / "data", 2);
@@ -288,6 +312,8 @@ TEST(InstructPix2PixApp, BadInputIsOneLineAndExitCode) {
   expect(d + " --mixed_precision fp8", 2, "is not one of no, fp16, bf16");
   expect(d + " --edit_prompt_column caption", 1, "caption");
   expect(d + " --resolution 30", 2, "--resolution must be a positive multiple of 8");
+  testing::write_file(tmp / "not-an-image.png", "text, not a PNG");
+  expect(d + " --val_image_url " + (tmp / "not-an-image.png").string() + " --validation_prompt x", 1, "not-an-image.png");
   const auto [rc, log] = testing::run_command(app() + " --help");
   EXPECT_EQ(rc, 0);
   EXPECT_NE(log.find("--conditioning_dropout_prob"), std::string::npos);
