@@ -206,16 +206,18 @@ torch::ScalarType weight_dtype_of(train::MixedPrecision p) {
 
 void run_instruct_pix2pix(const ParsedArgs& parsed) {
   const auto table = instruct_pix2pix_flags();
+  // The base folder first: the most common mistake (a Hub id), before anything is logged.
+  const fs::path base_folder = parsed.values.at("pretrained_model_name_or_path").get<std::string>();
+  if (!fs::is_directory(base_folder)) {
+    throw UsageError(fmt::format("--pretrained_model_name_or_path {}: no such folder (a local pipeline folder; "
+                                 "lisadiff does not download from the Hub)",
+                                 base_folder.string()));
+  }
   auto values = recipe_values(table, parsed);
   resolve_dataset(values);
   const std::string source = parsed.config_file.empty() ? "command line" : parsed.config_file.string() + " + command line";
   config::FieldReader reader(values, source);
   auto settings = read_settings(reader);
-  if (!fs::is_directory(settings.base)) {
-    throw UsageError(fmt::format("--pretrained_model_name_or_path {}: no such folder (a local pipeline folder; "
-                                 "lisadiff does not download from the Hub)",
-                                 settings.base.string()));
-  }
   // Validation's source image, checked before anything runs.
   torch::Tensor val_image;
   if (settings.val_image_url.has_value() != settings.validation_prompt.has_value()) {

@@ -312,6 +312,13 @@ TEST(InstructPix2PixApp, BadInputIsOneLineAndExitCode) {
   expect(d + " --mixed_precision fp8", 2, "is not one of no, fp16, bf16");
   expect(d + " --edit_prompt_column caption", 1, "caption");
   expect(d + " --resolution 30", 2, "--resolution must be a positive multiple of 8");
+  {
+    const auto [rc, log] = testing::run_command(app() + " --pretrained_model_name_or_path runwayml/stable-diffusion-v1-5" +
+                                                d + " 2>&1");
+    EXPECT_EQ(rc, 2) << log;
+    EXPECT_NE(log.find("runwayml/stable-diffusion-v1-5: no such folder"), std::string::npos) << log;
+    EXPECT_EQ(log.find("no --seed"), std::string::npos) << "the error should come first:\n" << log;
+  }
   testing::write_file(tmp / "not-an-image.png", "text, not a PNG");
   expect(d + " --val_image_url " + (tmp / "not-an-image.png").string() + " --validation_prompt x", 1, "not-an-image.png");
   const auto [rc, log] = testing::run_command(app() + " --help");
