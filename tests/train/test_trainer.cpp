@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 #include "io/safetensors.h"
 #include "io/tfevent_reader.h"
@@ -73,6 +74,34 @@ std::vector<int64_t> logged_steps(const fs::path& metrics) {
   return steps;
 }
 
+// One run of the micro UNet, as a fresh process would start it (the global generator seeded
+// with `seed`): `prepare` adjusts the Trainer first (a loss scale, a resume), `check` looks at
+// it after training. With `crash_at`, the micro-step throws in that step, as a crash after the
+// last checkpoint would, and the run must end with that exception.
+void run_micro(const TrainerOptions& options, uint64_t seed, std::vector<double>* losses,
+               const std::function<void(Trainer&)>& prepare = {}, const std::function<void(Trainer&)>& check = {},
+               std::optional<int64_t> crash_at = std::nullopt) {
+  torch::manual_seed(seed);
+  auto unet = micro_unet();
+  Trainer trainer(train::trained_unet(unet), options);
+  if (prepare) prepare(trainer);
+  const auto step = [&](const MicroBatch& mb) {
+    if (crash_at && mb.step == *crash_at) throw std::runtime_error("simulated crash");
+    return denoise(unet, mb, losses);
+  };
+  if (crash_at) {
+    EXPECT_THROW(trainer.train(step), std::runtime_error);
+  } else {
+    trainer.train(step);
+  }
+  if (check) check(trainer);
+}
+
+TrainerOptions resuming(TrainerOptions o) {
+  o.resume_from_checkpoint = "latest";
+  return o;
+}
+
 struct Variant {
   const char* name;
   TrainMethod method;
@@ -98,56 +127,41 @@ TEST_P(TrainerResume, ACrashAtStep7AndAResumeFromCheckpoint5EqualTheStraightRun)
   // The straight run.
   std::vector<double> straight_losses;
   std::vector<torch::Tensor> straight_weights, straight_ema;
-  {
-    torch::manual_seed(3);
-    auto unet = micro_unet();
-    Trainer trainer(train::trained_unet(unet), options(tmp / "straight"));
-    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &straight_losses); });
+  run_micro(options(tmp / "straight"), 3, &straight_losses, {}, [&](Trainer& trainer) {
     EXPECT_EQ(trainer.global_step(), 12);
     EXPECT_EQ(trainer.micro_batches(), 24);
     straight_weights = weights(trainer);
     for (const auto& [name, t] : trainer.ema()->shadows()) straight_ema.push_back(t.clone());
-  }
+  });
   ASSERT_EQ(straight_losses.size(), 24u);
   // A run that crashes in step 7 (after checkpoint-5)...
-  {
-    torch::manual_seed(3);
-    auto unet = micro_unet();
-    Trainer trainer(train::trained_unet(unet), options(tmp / "crashed"));
-    EXPECT_THROW(trainer.train([&](const MicroBatch& mb) {
-      if (mb.step == 7) throw std::runtime_error("simulated crash");
-      return denoise(unet, mb, nullptr);
-    }),
-                 std::runtime_error);
-  }
+  run_micro(options(tmp / "crashed"), 3, nullptr, {}, {}, /*crash_at=*/7);
   EXPECT_EQ(logged_steps(tmp / "crashed/metrics.jsonl"), (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7}));
   // ...and its resumption, in a new process state (other seed, fresh model).
   std::vector<double> resumed_losses;
-  {
-    torch::manual_seed(99);
-    auto unet = micro_unet();
-    auto o = options(tmp / "crashed");
-    o.resume_from_checkpoint = "latest";
-    Trainer trainer(train::trained_unet(unet), o);
-    EXPECT_EQ(trainer.resume(), 5);
-    EXPECT_EQ(trainer.micro_batches(), 10);
-    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &resumed_losses); });
-    ASSERT_EQ(resumed_losses.size(), 14u);
-    for (std::size_t i = 0; i < resumed_losses.size(); ++i) {
-      EXPECT_EQ(resumed_losses[i], straight_losses[10 + i]) << "micro-batch " << 10 + i;
-    }
-    const auto w = weights(trainer);
-    ASSERT_EQ(w.size(), straight_weights.size());
-    for (std::size_t i = 0; i < w.size(); ++i) {
-      EXPECT_TRUE(testing::same_tensor(w[i], straight_weights[i])) << trainer.trainable()[i].first;
-    }
-    // The EMA resumed too.
-    const auto& shadows = trainer.ema()->shadows();
-    ASSERT_EQ(shadows.size(), straight_ema.size());
-    for (std::size_t i = 0; i < shadows.size(); ++i) {
-      EXPECT_TRUE(testing::same_tensor(shadows[i].second, straight_ema[i])) << "EMA " << shadows[i].first;
-    }
-  }
+  run_micro(
+      resuming(options(tmp / "crashed")), 99, &resumed_losses,
+      [&](Trainer& trainer) {
+        EXPECT_EQ(trainer.resume(), 5);
+        EXPECT_EQ(trainer.micro_batches(), 10);
+      },
+      [&](Trainer& trainer) {
+        ASSERT_EQ(resumed_losses.size(), 14u);
+        for (std::size_t i = 0; i < resumed_losses.size(); ++i) {
+          EXPECT_EQ(resumed_losses[i], straight_losses[10 + i]) << "micro-batch " << 10 + i;
+        }
+        const auto w = weights(trainer);
+        ASSERT_EQ(w.size(), straight_weights.size());
+        for (std::size_t i = 0; i < w.size(); ++i) {
+          EXPECT_TRUE(testing::same_tensor(w[i], straight_weights[i])) << trainer.trainable()[i].first;
+        }
+        // The EMA resumed too.
+        const auto& shadows = trainer.ema()->shadows();
+        ASSERT_EQ(shadows.size(), straight_ema.size());
+        for (std::size_t i = 0; i < shadows.size(); ++i) {
+          EXPECT_TRUE(testing::same_tensor(shadows[i].second, straight_ema[i])) << "EMA " << shadows[i].first;
+        }
+      });
   // Metrics: each step once, the abandoned branch (6, 7) replaced.
   std::vector<int64_t> expected(12);
   std::iota(expected.begin(), expected.end(), 1);
@@ -191,39 +205,18 @@ TEST(Trainer, Fp16LossScaleResumesWithTheRun) {
     return o;
   };
   const double too_high = std::ldexp(1.0, 60);
+  const auto start_too_high = [&](Trainer& trainer) { trainer.optimizer().set_loss_scale(too_high, 0); };
   std::vector<double> straight_losses;
   double straight_scale = 0;
-  {
-    torch::manual_seed(3);
-    auto unet = micro_unet();
-    Trainer trainer(train::trained_unet(unet), options(tmp / "straight"));
-    trainer.optimizer().set_loss_scale(too_high, 0);
-    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &straight_losses); });
-    straight_scale = trainer.optimizer().loss_scale();
-  }
+  run_micro(options(tmp / "straight"), 3, &straight_losses, start_too_high,
+            [&](Trainer& trainer) { straight_scale = trainer.optimizer().loss_scale(); });
   ASSERT_LT(straight_scale, too_high);  // it backed off
-  {
-    torch::manual_seed(3);
-    auto unet = micro_unet();
-    Trainer trainer(train::trained_unet(unet), options(tmp / "crashed"));
-    trainer.optimizer().set_loss_scale(too_high, 0);
-    EXPECT_THROW(trainer.train([&](const MicroBatch& mb) {
-      if (mb.step == 7) throw std::runtime_error("simulated crash");
-      return denoise(unet, mb, nullptr);
-    }),
-                 std::runtime_error);
-  }
+  run_micro(options(tmp / "crashed"), 3, nullptr, start_too_high, {}, /*crash_at=*/7);
   std::vector<double> resumed_losses;
-  {
-    torch::manual_seed(99);
-    auto unet = micro_unet();
-    auto o = options(tmp / "crashed");
-    o.resume_from_checkpoint = "latest";
-    Trainer trainer(train::trained_unet(unet), o);
-    EXPECT_EQ(trainer.resume(), 5);
-    trainer.train([&](const MicroBatch& mb) { return denoise(unet, mb, &resumed_losses); });
-    EXPECT_EQ(trainer.optimizer().loss_scale(), straight_scale);
-  }
+  run_micro(
+      resuming(options(tmp / "crashed")), 99, &resumed_losses,
+      [&](Trainer& trainer) { EXPECT_EQ(trainer.resume(), 5); },
+      [&](Trainer& trainer) { EXPECT_EQ(trainer.optimizer().loss_scale(), straight_scale); });
   ASSERT_EQ(resumed_losses.size(), 14u);
   for (std::size_t i = 0; i < resumed_losses.size(); ++i) {
     EXPECT_EQ(resumed_losses[i], straight_losses[10 + i]) << "micro-batch " << 10 + i;
