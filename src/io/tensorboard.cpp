@@ -17,13 +17,8 @@
 #include <torch/torch.h>
 
 #include "core/error.h"
+#include "io/png.h"
 #include "io/tfevent.pb.h"
-
-// stb_image_write's implementation, with static linkage so that it cannot clash with the copy
-// in src/data/image.cpp (the io layer does not depend on data/).
-#define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#include <stb/stb_image_write.h>
 
 namespace lisadiff::io {
 namespace fs = std::filesystem;
@@ -89,10 +84,6 @@ tfevent::Event make_event(std::int64_t step, std::optional<double> wall_time) {
   event.set_wall_time(wall_time ? *wall_time : now_seconds());
   event.set_step(step);
   return event;
-}
-
-void append_bytes(void* context, void* data, int size) {
-  static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<std::size_t>(size));
 }
 
 }  // namespace
@@ -189,9 +180,13 @@ void TensorBoardWriter::add_image(std::string_view tag, const std::uint8_t* rgb,
   if (static_cast<long long>(width) * 3 * height > INT_MAX) {
     throw Error(file_.string(), what, fmt::format("too large to encode as PNG ({} x {})", height, width));
   }
+  // The same libpng encoder as every other PNG lisadiff writes (io/png.h).
   std::string png;
-  if (!stbi_write_png_to_func(append_bytes, &png, width, height, 3, rgb, width * 3)) {
-    throw Error(file_.string(), what, "PNG encoding failed (stb_image_write)");
+  try {
+    png = encode_png_with_text(
+        torch::from_blob(const_cast<std::uint8_t*>(rgb), {height, width, 3}, torch::kUInt8), {});
+  } catch (const Error& e) {
+    throw Error(file_.string(), what, std::string("PNG encoding failed: ") + e.what());
   }
   auto event = make_event(step, wall_time);
   auto* summary_value = event.mutable_summary()->add_value();
