@@ -120,7 +120,6 @@ train::MicroResult instruct_pix2pix_step(InstructPix2PixModels& m, const data::B
     embeds = m.text_encoder->forward(m.tokenizer->tokenize(batch.texts).input_ids.to(m.device)).last_hidden_state;
     image_embeds = m.vae->encode(original).mode();
   }
-  nlohmann::ordered_json logs = nlohmann::ordered_json::object();
   if (m.dropout_prob) {
     const auto r = draws.dropout_r.defined() ? draws.dropout_r.to(torch::kFloat32)
                                              : torch::rand({bsz}, dropout_generator, torch::kFloat32);
@@ -142,7 +141,6 @@ train::MicroResult instruct_pix2pix_step(InstructPix2PixModels& m, const data::B
   const auto pred = m.unet->forward(input, timesteps, embeds);
   train::MicroResult result;
   result.loss = torch::mse_loss(pred.to(torch::kFloat32), target.to(torch::kFloat32));
-  result.logs = logs;
   result.end_of_epoch = batch.end_of_epoch;
   return result;
 }
@@ -305,7 +303,14 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
   std::optional<pipelines::Validator> validator;
   pipelines::ValidationSpec spec;
   if (val_image.defined()) {
-    validator.emplace(pipelines::components_for_validation(settings.base, tokenizer, text_encoder, vae), trainer);
+    auto components = pipelines::components_for_validation(settings.base, tokenizer, text_encoder, vae);
+    const int f = components.vae_scale_factor();
+    if (val_image.size(0) % f != 0 || val_image.size(1) % f != 0) {
+      throw UsageError(fmt::format("--val_image_url: the image is {} x {}; validation needs sides that are multiples "
+                                   "of {} (resize it first)",
+                                   val_image.size(1), val_image.size(0), f));
+    }
+    validator.emplace(std::move(components), trainer);
     spec.prompts = {*settings.validation_prompt};
     spec.images_per_prompt = settings.num_validation_images;
     spec.num_inference_steps = 20;
@@ -314,12 +319,6 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
     spec.source_image = val_image;
     spec.seed = static_cast<uint64_t>(settings.seed);
     spec.use_ema = options.use_ema;
-    const int f = 1 << (static_cast<int>(vae->config.block_out_channels.size()) - 1);
-    if (val_image.size(0) % f != 0 || val_image.size(1) % f != 0) {
-      throw UsageError(fmt::format("--val_image_url: the image is {} x {}; validation needs sides that are multiples "
-                                   "of {} (resize it first)",
-                                   val_image.size(1), val_image.size(0), f));
-    }
   }
   trainer.resume();
 

@@ -117,17 +117,21 @@ const FlagSpec* FlagTable::find(const std::string& name) const {
   return nullptr;
 }
 
+FlagSpec& FlagTable::existing(const std::string& name) {
+  for (auto& f : flags_) {
+    if (f.name == name) return f;
+  }
+  throw Error(fmt::format("{}: no flag '--{}' in the table", program_, name));
+}
+
 void FlagTable::set_default(const std::string& name, config::Json default_value) {
-  auto* spec = const_cast<FlagSpec*>(find(name));
-  if (!spec) throw Error(fmt::format("{}: no flag '--{}' to set a default for", program_, name));
-  spec->default_value = std::move(default_value);
+  existing(name).default_value = std::move(default_value);
 }
 
 void FlagTable::set_handling(const std::string& name, Handling handling, const std::string& note) {
-  auto* spec = const_cast<FlagSpec*>(find(name));
-  if (!spec) throw Error(fmt::format("{}: no flag '--{}' to mark", program_, name));
-  spec->handling = handling;
-  spec->note = note;
+  auto& spec = existing(name);
+  spec.handling = handling;
+  spec.note = note;
 }
 
 std::string FlagTable::nearest(const std::string& name) const {

@@ -111,6 +111,7 @@ class FlagTable {
   config::Json defaults_json() const;
 
  private:
+  FlagSpec& existing(const std::string& name);  // throws lisadiff::Error for an unknown name
   config::Json convert(const FlagSpec& spec, const std::string& text, const std::string& where) const;
   config::Json check_json(const FlagSpec& spec, const config::Json& value, const std::string& where) const;
   void apply_handling(const FlagSpec& spec, const config::Json& value, const std::string& where,
