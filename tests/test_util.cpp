@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <random>
 
 #include <spdlog/sinks/ostream_sink.h>
@@ -75,6 +76,15 @@ void write_file(const std::filesystem::path& path, const std::string& bytes) {
 
 nlohmann::ordered_json read_json(const std::filesystem::path& path) {
   return nlohmann::ordered_json::parse(read_file(path));
+}
+
+std::vector<nlohmann::ordered_json> read_jsonl(const std::filesystem::path& path) {
+  std::vector<nlohmann::ordered_json> out;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.push_back(nlohmann::ordered_json::parse(line));
+  }
+  return out;
 }
 
 ::testing::AssertionResult close_tensor(const std::string& what, const torch::Tensor& actual,

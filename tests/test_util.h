@@ -39,6 +39,8 @@ class TempDir {
 std::string read_file(const std::filesystem::path& path);
 void write_file(const std::filesystem::path& path, const std::string& bytes);
 nlohmann::ordered_json read_json(const std::filesystem::path& path);
+// One JSON object per non-empty line (metrics.jsonl).
+std::vector<nlohmann::ordered_json> read_jsonl(const std::filesystem::path& path);
 
 // Same dtype, same shape and the same bytes (works for every dtype, float8 and uint included).
 ::testing::AssertionResult same_tensor(const torch::Tensor& a, const torch::Tensor& b);

@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "data/image.h"
 #include "data/sources.h"
@@ -337,7 +339,11 @@ Processed process_record(const Record& record, const DataOptions& options, std::
         } else {
           throw BadSample("label column '" + c.label + "' is not a number");
         }
-        if (!(value >= 0 && value <= 1)) throw BadSample("label column '" + c.label + "' is outside [0, 1]");
+        // Pick-a-Pic's labels: 1 (jpg_0 preferred), 0 (jpg_1 preferred), 0.5 (a tie). The
+        // script would read any other value as "jpg_0 preferred"; here it is a bad sample.
+        if (!(value == 0 || value == 0.5 || value == 1)) {
+          throw BadSample(fmt::format("label column '{}' is {}, not 0, 0.5 or 1", c.label, label->dump()));
+        }
         out.example.label = value;
         // Independent draws per image, as the DPO script transforms each image separately.
         auto a = load_image(fields, c.image_0, t, draws);

@@ -117,6 +117,12 @@ LoadReport load_parameters(torch::nn::Module& module, const std::vector<std::fil
     auto src = sources.find(item.key());
     if (src == sources.end()) continue;
     auto value = src->second.reader->tensor(src->second.file_key);
+    if (options.map_file && item.value().device().is_cpu() && value.scalar_type() == item.value().scalar_type()) {
+      item.value().set_data(value);  // the module's tensor now shares the mapping's pages
+      ++report.mapped;
+      ++report.loaded;
+      continue;
+    }
     item.value().copy_(value);  // converts dtype and device
     value = torch::Tensor();
     // The file's pages are not needed any more: without this, loading SD1.5's UNet peaked at

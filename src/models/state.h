@@ -45,10 +45,17 @@ struct LoadOptions {
   // no gradient for its weights. With `dtype` kHalf/kBFloat16 it is also stored in half
   // precision (the scripts' weight_dtype).
   bool frozen = false;
+  // Zero-copy: a parameter on the CPU whose dtype is the file's becomes a view of the memory-
+  // mapped weight file (copy-on-write, io/mapped_file.h) instead of a copy. Its pages are read
+  // on first use and stay clean file pages the kernel can drop and read again, so a model that
+  // is only read (a reference UNet) costs no anonymous memory; an in-place write copies the
+  // pages it touches, never the file. Other parameters are copied as usual.
+  bool map_file = false;
 };
 
 struct LoadReport {
   std::size_t loaded = 0;
+  std::size_t mapped = 0;  // of them, views of the mapped file (map_file)
   std::vector<std::string> kept;  // missing keys tolerated by allow_missing
   std::vector<std::string> ignored;
 };

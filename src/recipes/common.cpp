@@ -4,10 +4,74 @@
 
 #include "io/atomic_file.h"
 #include "recipes/options.h"
+#include "recipes/shared_flags.h"
 
 namespace lisadiff::recipes {
 
 namespace fs = std::filesystem;
+
+RecipeRun start_run(const FlagTable& table, const ParsedArgs& parsed, const std::string& base_flag) {
+  RecipeRun run;
+  run.base = parsed.values.at(base_flag).get<std::string>();
+  if (!fs::is_directory(run.base)) {
+    throw UsageError(fmt::format("--{} {}: no such folder (a local pipeline folder; lisadiff does not download "
+                                 "from the Hub)",
+                                 base_flag, run.base.string()));
+  }
+  run.values = recipe_values(table, parsed);
+  resolve_dataset(run.values);
+  run.source = parsed.config_file.empty() ? "command line" : parsed.config_file.string() + " + command line";
+  return run;
+}
+
+void derive_step_count(config::Json& values, config::FieldReader& reader, int64_t batches_per_epoch, int world_size) {
+  reader.ignored("num_train_epochs");
+  reader.ignored("scale_lr");
+  const int accumulation = values.at("gradient_accumulation_steps").get<int>();
+  if (accumulation < 1) throw UsageError("--gradient_accumulation_steps must be at least 1");
+  const int epochs = values.at("num_train_epochs").get<int>();
+  if (epochs < 1) throw UsageError("--num_train_epochs must be at least 1");
+  if (values.at("max_train_steps").is_null()) {
+    if (batches_per_epoch < 0) {
+      throw UsageError("--max_train_steps is required with webdataset shards (their epoch length is unknown)");
+    }
+    values["max_train_steps"] = epochs * ((batches_per_epoch + accumulation - 1) / accumulation);
+  }
+  if (values.at("scale_lr").get<bool>()) {
+    values["learning_rate"] = values.at("learning_rate").get<double>() * accumulation *
+                              values.at("train_batch_size").get<double>() * world_size;
+  }
+}
+
+void check_resolution(const config::Json& values) {
+  const auto resolution = values.at("resolution").get<int64_t>();
+  if (resolution < 8 || resolution % 8 != 0) {
+    throw UsageError(fmt::format("--resolution must be a positive multiple of 8 (the VAE's latents), got {}", resolution));
+  }
+}
+
+torch::ScalarType weight_dtype_of(train::MixedPrecision precision) {
+  return precision == train::MixedPrecision::kFp16   ? torch::kFloat16
+         : precision == train::MixedPrecision::kBf16 ? torch::kBFloat16
+                                                     : torch::kFloat32;
+}
+
+torch::Device training_device(bool allow_tf32) {
+  const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  if (allow_tf32 && device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
+  return device;
+}
+
+CommonSettings read_common_settings(config::FieldReader& r, const std::string& base_flag) {
+  CommonSettings s;
+  r.ignored(base_flag.c_str());
+  std::optional<std::string> variant;
+  r("variant", variant);
+  s.variant = variant.value_or("");
+  r("allow_tf32", s.allow_tf32);
+  s.seed = r.object().at("seed").get<int>();  // claimed by the data and trainer options too
+  return s;
+}
 
 train::StatePart loader_state_part(data::DataLoader& loader) {
   train::StatePart part;
@@ -27,12 +91,24 @@ std::string string_or_empty(const config::Json& values, const char* key) {
   return values.contains(key) && values.at(key).is_string() ? values.at(key).get<std::string>() : "";
 }
 
+// An image folder (metadata.jsonl) or a folder holding .tar shards.
+bool is_dataset_folder(const fs::path& dir) {
+  if (fs::exists(dir / "metadata.jsonl")) return true;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() == ".tar") return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 void resolve_dataset(config::Json& values) {
-  const auto name = string_or_empty(values, "dataset_name");
+  auto name = string_or_empty(values, "dataset_name");
   const auto dir = string_or_empty(values, "train_data_dir");
+  const bool has_split = values.contains("dataset_split_name");
+  const auto split = string_or_empty(values, "dataset_split_name");
   values.erase("dataset_name");  // resolved here into the keys the data options read
+  values.erase("dataset_split_name");
   if (!name.empty() && !dir.empty()) {
     throw UsageError("--dataset_name and --train_data_dir: give one of them (the scripts use dataset_name first)");
   }
@@ -49,6 +125,23 @@ void resolve_dataset(config::Json& values) {
         "--dataset_name {}: no such local folder; lisadiff reads local datasets only. For a Hugging Face dataset, "
         "download its parquet files and convert them: scripts/convert_hf_dataset.py --help (docs/data.md)",
         name));
+  }
+  if (has_split && fs::is_directory(name)) {
+    // A dataset with split folders (train/, validation/, ...): the named split.
+    if (fs::is_directory(fs::path(name) / split)) {
+      name = (fs::path(name) / split).string();
+    } else if (!is_dataset_folder(name)) {
+      std::vector<std::string> splits;
+      for (const auto& e : fs::directory_iterator(name)) {
+        if (e.is_directory() && is_dataset_folder(e.path())) splits.push_back(e.path().filename().string());
+      }
+      std::sort(splits.begin(), splits.end());
+      if (!splits.empty()) {
+        std::string list;
+        for (const auto& s : splits) list += (list.empty() ? "" : ", ") + s;
+        throw UsageError(fmt::format("--dataset_split_name {}: {} has no such split (it has: {})", split, name, list));
+      }
+    }
   }
   if (fs::is_directory(name) && !fs::exists(fs::path(name) / "metadata.jsonl")) {
     // A folder of shards: every .tar in it, in name order.

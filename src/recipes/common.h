@@ -7,11 +7,51 @@
 #include <string>
 #include <vector>
 
+#include <torch/torch.h>
+
 #include "config/json_fields.h"
 #include "data/loader.h"
+#include "recipes/options.h"
 #include "train/trainer.h"
 
 namespace lisadiff::recipes {
+
+// The start every recipe run shares: the base pipeline folder checked first (a Hub id is the
+// most common mistake, reported before anything is logged), the parsed values laid over the
+// table's defaults (recipe_values), and the dataset flags resolved (resolve_dataset).
+struct RecipeRun {
+  config::Json values;          // every flag's value
+  std::string source;           // "command line" or "FILE.json + command line", for messages
+  std::filesystem::path base;   // the value of `base_flag`
+};
+RecipeRun start_run(const FlagTable& table, const ParsedArgs& parsed,
+                    const std::string& base_flag = "pretrained_model_name_or_path");
+
+// The settings every recipe reads alike: --variant, --seed (recipe_values resolved None) and
+// --allow_tf32, and the base flag claimed (start_run read it).
+struct CommonSettings {
+  std::string variant;  // "" for none
+  int seed = 0;
+  bool allow_tf32 = false;
+};
+CommonSettings read_common_settings(config::FieldReader& reader,
+                                    const std::string& base_flag = "pretrained_model_name_or_path");
+
+// The scripts' step count and learning rate: max_train_steps from num_train_epochs when it is
+// not given (epochs x ceil(batches per epoch / gradient_accumulation_steps)), and --scale_lr
+// (lr x accumulation x batch x processes). `reader` (over `values`) is told that
+// num_train_epochs and scale_lr are read here. Throws UsageError for an accumulation or epoch
+// count below 1, or shards (epoch length unknown) without --max_train_steps.
+void derive_step_count(config::Json& values, config::FieldReader& reader, int64_t batches_per_epoch, int world_size);
+
+// --resolution: a positive multiple of 8 (the VAE's latents), else UsageError.
+void check_resolution(const config::Json& values);
+
+// The scripts' weight_dtype: float16 / bfloat16 under that mixed precision, else float32.
+torch::ScalarType weight_dtype_of(train::MixedPrecision precision);
+// The device a recipe trains on: the current CUDA device when there is one, else the CPU;
+// with allow_tf32 TF32 matmuls are switched on there.
+torch::Device training_device(bool allow_tf32 = false);
 
 // The loader's position and counters in training_state.json (part "data_loader"), so that a
 // resumed run sees the batches the uninterrupted one would have.
@@ -19,7 +59,9 @@ train::StatePart loader_state_part(data::DataLoader& loader);
 
 // --dataset_name (a local image folder with metadata.jsonl, a shard spec, or a folder of
 // .tar shards) and --train_data_dir into the keys data::DataOptions reads (train_data_dir,
-// train_shards_path_or_url). A Hub id is refused with how to convert it
+// train_shards_path_or_url). With a "dataset_split_name" key (DPO's --dataset_split_name) a
+// dataset folder that holds split folders (train/, validation/, ...) is read from the named
+// one; a folder without split folders is read as it is. A Hub id is refused with how to convert it
 // (scripts/convert_hf_dataset.py). Throws UsageError naming the flag.
 void resolve_dataset(config::Json& values);
 

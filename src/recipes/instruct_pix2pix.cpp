@@ -111,7 +111,8 @@ train::MicroResult instruct_pix2pix_step(InstructPix2PixModels& m, const data::B
     latents = (draws.latent_noise.defined() ? dist.sample_with(draws.latent_noise.to(dist.mean.options()))
                                             : dist.sample()) *
               m.vae->config.scaling_factor;
-    noise = draws.noise.defined() ? draws.noise.to(latents.options()) : torch::randn_like(latents);
+    // NCHW order, as torch.randn_like draws for the script's contiguous latents.
+    noise = draws.noise.defined() ? draws.noise.to(latents.options()) : torch::randn(latents.sizes(), latents.options());
     timesteps = draws.timesteps.defined()
                     ? draws.timesteps.to(m.device, torch::kLong)
                     : torch::randint(0, m.schedule->num_train_timesteps(), {bsz},
@@ -148,45 +149,25 @@ train::MicroResult instruct_pix2pix_step(InstructPix2PixModels& m, const data::B
 namespace {
 
 // The run's own settings, read from the values (the rest go to TrainerOptions and DataOptions).
-struct RecipeSettings {
-  fs::path base;
-  std::string variant;
+struct RecipeSettings : CommonSettings {
   std::optional<std::string> val_image_url, validation_prompt;
   int num_validation_images = 4;
   int validation_epochs = 1;
-  int num_train_epochs = 100;
-  std::optional<int> max_train_steps;
   std::optional<double> conditioning_dropout_prob;
-  bool scale_lr = false;
-  bool allow_tf32 = false;
   bool copy_conv_in_bias = false;
-  int seed = 0;
 };
 
 RecipeSettings read_settings(config::FieldReader& r) {
   RecipeSettings s;
-  std::string base;
-  r("pretrained_model_name_or_path", base);
-  s.base = base;
-  std::optional<std::string> variant;
-  r("variant", variant);
-  s.variant = variant.value_or("");
+  static_cast<CommonSettings&>(s) = read_common_settings(r);
   r("val_image_url", s.val_image_url);
   r("validation_prompt", s.validation_prompt);
   r("num_validation_images", s.num_validation_images);
   r("validation_epochs", s.validation_epochs);
-  r("num_train_epochs", s.num_train_epochs);
   r("conditioning_dropout_prob", s.conditioning_dropout_prob);
-  r("scale_lr", s.scale_lr);
-  r("allow_tf32", s.allow_tf32);
   r("copy_conv_in_bias", s.copy_conv_in_bias);
-  s.max_train_steps = r.object().at("max_train_steps").is_null()
-                          ? std::nullopt
-                          : std::optional<int>(r.object().at("max_train_steps").get<int>());
-  s.seed = r.object().at("seed").get<int>();
   if (s.num_validation_images < 1) throw UsageError("--num_validation_images must be at least 1");
   if (s.validation_epochs < 1) throw UsageError("--validation_epochs must be at least 1");
-  if (s.num_train_epochs < 1) throw UsageError("--num_train_epochs must be at least 1");
   if (s.conditioning_dropout_prob && !(*s.conditioning_dropout_prob >= 0 && *s.conditioning_dropout_prob <= 1.0 / 3)) {
     throw UsageError(fmt::format("--conditioning_dropout_prob must be in [0, 1/3] (r < 3p drops the image), got {}",
                                  *s.conditioning_dropout_prob));
@@ -194,26 +175,13 @@ RecipeSettings read_settings(config::FieldReader& r) {
   return s;
 }
 
-torch::ScalarType weight_dtype_of(train::MixedPrecision p) {
-  return p == train::MixedPrecision::kFp16 ? torch::kFloat16
-         : p == train::MixedPrecision::kBf16 ? torch::kBFloat16
-                                             : torch::kFloat32;
-}
-
 }  // namespace
 
 void run_instruct_pix2pix(const ParsedArgs& parsed) {
   const auto table = instruct_pix2pix_flags();
-  // The base folder first: the most common mistake (a Hub id), before anything is logged.
-  const fs::path base_folder = parsed.values.at("pretrained_model_name_or_path").get<std::string>();
-  if (!fs::is_directory(base_folder)) {
-    throw UsageError(fmt::format("--pretrained_model_name_or_path {}: no such folder (a local pipeline folder; "
-                                 "lisadiff does not download from the Hub)",
-                                 base_folder.string()));
-  }
-  auto values = recipe_values(table, parsed);
-  resolve_dataset(values);
-  const std::string source = parsed.config_file.empty() ? "command line" : parsed.config_file.string() + " + command line";
+  auto run = start_run(table, parsed);
+  auto& values = run.values;
+  const auto& source = run.source;
   config::FieldReader reader(values, source);
   auto settings = read_settings(reader);
   // Validation's source image, checked before anything runs.
@@ -225,32 +193,13 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
     val_image = data::decode_image(io::read_file(path), path.string());
   }
 
-  const auto resolution = values.at("resolution").get<int64_t>();
-  if (resolution < 8 || resolution % 8 != 0) {
-    throw UsageError(fmt::format("--resolution must be a positive multiple of 8 (the VAE's latents), got {}", resolution));
-  }
+  check_resolution(values);
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kIp2p);
   data_options.read(reader);
   data_options.validate(source);
-  const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-  if (settings.allow_tf32 && device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
+  const torch::Device device = training_device(settings.allow_tf32);
   data::DataLoader loader(data_options);
-  const int64_t per_epoch = loader.batches_per_epoch();
-
-  // max_train_steps from the epochs when not given, as the script: epochs x ceil(batches / A).
-  const int accumulation = values.at("gradient_accumulation_steps").get<int>();
-  if (accumulation < 1) throw UsageError("--gradient_accumulation_steps must be at least 1");
-  if (!settings.max_train_steps) {
-    if (per_epoch < 0) {
-      throw UsageError("--max_train_steps is required with webdataset shards (their epoch length is unknown)");
-    }
-    const int64_t steps_per_epoch = (per_epoch + accumulation - 1) / accumulation;
-    values["max_train_steps"] = settings.num_train_epochs * steps_per_epoch;
-  }
-  if (settings.scale_lr) {
-    values["learning_rate"] = values.at("learning_rate").get<double>() * accumulation *
-                              values.at("train_batch_size").get<double>() * data_options.world_size;
-  }
+  derive_step_count(values, reader, loader.batches_per_epoch(), data_options.world_size);
   auto options = train::TrainerOptions::read(reader);
   if (options.method == train::TrainMethod::kLora &&
       std::find(options.lora.modules_to_save.begin(), options.lora.modules_to_save.end(), "conv_in") ==
@@ -267,13 +216,13 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
   frozen.frozen = true;
   frozen.dtype = weight_dtype;
   frozen.device = device;
-  auto tokenizer = models::CLIPTokenizer::from_folder(settings.base / "tokenizer");
-  auto text_encoder = models::load_clip_text(settings.base / "text_encoder", frozen, settings.variant);
-  auto vae = models::load_vae(settings.base / "vae", frozen, settings.variant);
-  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(settings.base / "scheduler");
+  auto tokenizer = models::CLIPTokenizer::from_folder(run.base / "tokenizer");
+  auto text_encoder = models::load_clip_text(run.base / "text_encoder", frozen, settings.variant);
+  auto vae = models::load_vae(run.base / "vae", frozen, settings.variant);
+  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(run.base / "scheduler");
   models::LoadOptions trained;
   trained.device = device;
-  auto unet = models::load_unet(settings.base / "unet", trained);  // the script reads no UNet variant
+  auto unet = models::load_unet(run.base / "unet", trained);  // the script reads no UNet variant
 
   // The script seeds everything right before it builds the new conv_in, whose bias is then
   // PyTorch's first draw after the seed.
@@ -303,7 +252,7 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
   std::optional<pipelines::Validator> validator;
   pipelines::ValidationSpec spec;
   if (val_image.defined()) {
-    auto components = pipelines::components_for_validation(settings.base, tokenizer, text_encoder, vae);
+    auto components = pipelines::components_for_validation(run.base, tokenizer, text_encoder, vae);
     const int f = components.vae_scale_factor();
     if (val_image.size(0) % f != 0 || val_image.size(1) % f != 0) {
       throw UsageError(fmt::format("--val_image_url: the image is {} x {}; validation needs sides that are multiples "
@@ -360,7 +309,7 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
     for (auto& [name, t] : merged) t = t.detach().to(torch::kFloat32);  // frozen_dtype may have halved them
     models::save_unet(unet->config, merged, options.output_dir / "unet");
   }
-  complete_pipeline_folder(settings.base, options.output_dir, {"unet"}, "StableDiffusionInstructPix2PixPipeline");
+  complete_pipeline_folder(run.base, options.output_dir, {"unet"}, "StableDiffusionInstructPix2PixPipeline");
   spdlog::info("wrote the InstructPix2Pix pipeline to {}", options.output_dir.string());
 }
 

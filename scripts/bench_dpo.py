@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Diffusion-DPO training-step benchmark: the diffusion_dpo executable against the Python
+reference of the script's loop (scripts/dpo_reference.py --bench: diffusers components, peft
+LoRA, torch AdamW; LISA as per-tensor AdamW over the first, the last and a quarter of the other
+tensors, the fork's rate; the lisa/full reference a frozen float32 copy of the UNet), same
+pipeline, resolution, batch and methods, on the same machine in the same run.
+
+    bench_dpo.py --pipeline DIR [--resolution 256] [--batch 1] [--steps 4] [--methods "lora lisa full"]
+                 [--repeats 1] [--label NAME] [--out DIR] [-- extra diffusion_dpo flags]
+
+Every measurement is its own process, C++ and Python interleaved. Step time: the median over
+the steps after the first (C++: step_time of metrics.jsonl, which includes decoding the pair's
+two PNGs; the Python side is fed tensors). Peak RSS: the child's ru_maxrss (os.wait4), which
+counts the pages of memory-mapped files it touched; peak anonymous RSS: RssAnon polled every
+20 ms, the memory the process owns. lisadiff's lisa/full reference is, on a CPU in float32,
+the memory-mapped weight file itself (--reference_dtype auto): it shows in RSS, not in
+anonymous RSS. Both sides: one pair per batch by default, learning rate 5e-5, beta_dpo 2500,
+sigmoid loss, no accumulation, float32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import run_child_memory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--methods", default="lora lisa full")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--label", default="")
+    p.add_argument("--bin", default=str(ROOT / "build/apps"))
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    out = Path(args.out or tempfile.mkdtemp(prefix="lisadiff-bench-dpo."))
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    if not (data / "metadata.jsonl").exists():
+        subprocess.run([f"{args.bin}/lisadiff", "--log-level", "warn", "make-dataset", "--kind", "dpo", "--format",
+                        "folder", "--n", str(args.batch * args.steps), "--size", str(args.resolution), "--out",
+                        str(data), "--overwrite"], check=True)
+    rows = []
+    gib = lambda b: f"{b / 2**30:.2f}"
+    for method in args.methods.split():
+        res = {"cpp": [], "python": []}
+        for rep in range(args.repeats):
+            run = out / f"{method}.cpp.{rep}"
+            cmd = [f"{args.bin}/diffusion_dpo", "--pretrained_model_name_or_path", args.pipeline, "--dataset_name",
+                   str(data), "--resolution", str(args.resolution), "--train_batch_size", str(args.batch),
+                   "--max_train_steps", str(args.steps), "--checkpointing_steps", "1000000", "--report_to", "none",
+                   "--learning_rate", "5e-5", "--seed", "0", "--method", method, "--lisa_rate", "0.25",
+                   "--lisa_interval", "1000000", "--rank", "4", "--no_hflip", "--output_dir", str(run)] + extra
+            print(f"[bench] {method} C++ {rep + 1}/{args.repeats}", file=sys.stderr)
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+            wall, rss, anon = run_child_memory(cmd, out / f"{method}.cpp.{rep}.log")
+            metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+            times = [m["step_time"] for m in metrics if "step_time" in m]
+            res["cpp"].append({"step": statistics.median(times[1:]), "rss": rss, "anon": anon, "wall": wall})
+            print(f"[bench] {method} Python {rep + 1}/{args.repeats}", file=sys.stderr)
+            js = out / f"{method}.python.{rep}.json"
+            cmd = [sys.executable, str(ROOT / "scripts/dpo_reference.py"), "--pipeline", args.pipeline, "--bench", method,
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--resolution", str(args.resolution),
+                   "--json", str(js)]
+            wall, rss, anon = run_child_memory(cmd, out / f"{method}.python.{rep}.log")
+            r = json.loads(js.read_text())
+            res["python"].append({"step": statistics.median(r["step_seconds"][1:]), "rss": rss, "anon": anon,
+                                  "wall": wall})
+        med = lambda side, k: statistics.median(x[k] for x in res[side])
+        cs, ps = med("cpp", "step"), med("python", "step")
+        cr, pr, ca, pa = med("cpp", "rss"), med("python", "rss"), med("cpp", "anon"), med("python", "anon")
+        rows.append(f"| {args.label or Path(args.pipeline).name} | {method} | {args.resolution} | {args.batch} | "
+                    f"{cs:.3g} | {ps:.3g} | {cs / ps:.2f} | {gib(cr)} | {gib(pr)} | {cr / pr:.2f} | "
+                    f"{gib(ca)} | {gib(pa)} | {ca / pa:.2f} |")
+    print("| pipeline | method | px | pairs | C++ s/step | Python s/step | ratio | C++ peak RSS GiB | Python | ratio | "
+          "C++ peak anon GiB | Python | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\n{args.steps} steps per process (the first is not timed), {args.repeats} repeat(s); {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f} at the end; extra flags {extra}; outputs in {out}")
+
+
+if __name__ == "__main__":
+    main()
