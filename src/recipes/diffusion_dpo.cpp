@@ -289,6 +289,9 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
   frozen.frozen = true;
   frozen.dtype = weight_dtype;
   frozen.device = device;
+  // On a CPU the frozen models are views of their memory-mapped weight files where the dtype
+  // is the file's: clean file pages, no copy (diffusers' safetensors loading does the same).
+  frozen.map_file = device.is_cpu();
   auto tokenizer = models::CLIPTokenizer::from_folder(run.base / "tokenizer");
   auto text_encoder = models::load_clip_text(run.base / "text_encoder", frozen, settings.variant);
   auto vae = models::load_vae(run.base / "vae", frozen, settings.variant);
@@ -302,12 +305,13 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
     models::LoadOptions ref_options = frozen;
     ref_dtype = reference_dtype_of(settings.reference_dtype, weight_dtype);
     ref_options.dtype = ref_dtype;
-    ref_options.map_file = device.is_cpu();
     reference = models::load_unet(run.base / "unet", ref_options, settings.variant);
     reference->eval();
   }
   models::LoadOptions trained;
   trained.device = device;
+  // lora: the UNet's own weights stay frozen (only the adapters train), so they map too.
+  trained.map_file = lora && device.is_cpu();
   auto unet = models::load_unet(run.base / "unet", trained, settings.variant);
   text_encoder->eval();
   vae->eval();
