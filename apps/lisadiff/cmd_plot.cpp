@@ -19,7 +19,7 @@ CommandRunner add_plot(CLI::App& app) {
   cmd->add_option("run", options->run, "Run folder (holding metrics.jsonl) or a metrics .jsonl file")->required();
   cmd->add_option("--out,-o", options->plot.out, "PNG to write (default: metrics.png beside metrics.jsonl)");
   cmd->add_option("--metrics", options->plot.metrics,
-                  "Metrics to plot, top to bottom, e.g. loss,lr,grad_norm (default: loss,lr)")
+                  "Metrics to plot, top to bottom, e.g. loss,lr,grad_norm (default: loss, DPO's implicit_acc, raw_model_loss and ref_loss when present, lr)")
       ->delimiter(',')
       ->allow_extra_args(false);
   cmd->add_option("--log-y", options->plot.log_y, "Metrics drawn on a log y axis, e.g. loss (values <= 0 left out)")

@@ -32,7 +32,7 @@ void add_model_flags(FlagTable& t) {
         "the base Stable Diffusion pipeline folder (a local path; a Hub id must be downloaded first)")
       .required = true;
   t.add(kModel, "variant", FlagType::kString, nullptr,
-        "weight file variant, e.g. fp16: reads *.fp16.safetensors (the VAE and text encoder)");
+        "weight file variant, e.g. fp16: reads *.fp16.safetensors (docs/recipes/<recipe>.md says of which models)");
   t.add(kModel, "revision", FlagType::kString, nullptr, "Hub revision");
   t.set_handling("revision", Handling::kNote, "no effect: lisadiff reads the local folder as it is");
   t.add(kModel, "cache_dir", FlagType::kString, nullptr, "Hub/datasets cache");

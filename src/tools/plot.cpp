@@ -506,7 +506,9 @@ class FigureBuilder {
       if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
     };
     if (options_.metrics.empty()) {
-      for (const char* name : {"loss", "lr"}) {
+      // The loss, the recipes' own headline metrics where the run has them (Diffusion-DPO's
+      // implicit accuracy and its two raw losses), then the learning rate.
+      for (const char* name : {"loss", "implicit_acc", "raw_model_loss", "ref_loss", "lr"}) {
         if (log_.find(name)) add(name);
       }
       if (names.empty()) names = log_.names();  // a log without loss or lr: everything it has

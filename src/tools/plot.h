@@ -69,7 +69,7 @@ MetricsLog read_metrics(const std::filesystem::path& file);
 
 struct PlotOptions {
   std::filesystem::path out;          // empty: metrics.png beside the metrics file
-  std::vector<std::string> metrics;   // panels, top to bottom; empty: loss and lr (those present)
+  std::vector<std::string> metrics;   // panels, top to bottom; empty: loss, implicit_acc, raw_model_loss, ref_loss, lr (those present)
   std::vector<std::string> log_y;     // metrics drawn on a log10 y axis (values <= 0 left out)
   // Moving-average window, in records, overlaid on metrics whose name contains "loss" (the raw
   // curve stays, lighter). 0: automatic (about 1/20 of the points), 1: no overlay.

@@ -25,6 +25,8 @@ struct ParityCase {
   const char* loss_type;
 };
 
+void PrintTo(const ParityCase& c, std::ostream* os) { *os << train::method_name(c.method) << " " << c.loss_type; }
+
 class DiffusionDpoParity : public ::testing::TestWithParam<ParityCase> {};
 
 TEST_P(DiffusionDpoParity, TenStepsEqualThePythonReference) {
