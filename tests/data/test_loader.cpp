@@ -118,6 +118,40 @@ TEST(DataLoader, FolderReadsBackWhatMakeDatasetWrote) {
   }
 }
 
+// Diffusion-DPO's ties (label_0 0.5) are kept, not filtered, with jpg_0 first, as the script
+// orders them; label 0 swaps the pair.
+TEST(DataLoader, DpoTiesAreKeptInTheirOrderAndLabelZeroSwaps) {
+  testing::TempDir tmp;
+  tools::MakeDatasetOptions m;
+  m.kind = "dpo";
+  m.format = "folder";
+  m.n = 16;
+  m.size = 32;
+  m.seed = 7;
+  m.tie_share = 0.5;
+  m.out = tmp / "ties";
+  tools::make_dataset(m);
+  auto o = options_for("dpo", m.out, "folder");
+  o.shuffle = false;
+  o.batch_size = 1;
+  DataLoader loader(o);
+  int ties = 0, swapped = 0;
+  for (const auto& row : metadata(m.out)) {
+    const auto b = loader.next();
+    const double label = row.at("label_0").get<double>();
+    ties += label == 0.5;
+    swapped += label == 0;
+    const auto first = m.out / row.at(label == 0 ? "jpg_1_file_name" : "jpg_0_file_name").get<std::string>();
+    const auto second = m.out / row.at(label == 0 ? "jpg_0_file_name" : "jpg_1_file_name").get<std::string>();
+    EXPECT_TRUE(testing::same_tensor(b.images[0][0], expected_pixels(first))) << row.dump();
+    EXPECT_TRUE(testing::same_tensor(b.images[1][0], expected_pixels(second))) << row.dump();
+    EXPECT_EQ(b.labels[0].item<float>(), static_cast<float>(label));
+  }
+  EXPECT_GT(ties, 0);
+  EXPECT_GT(swapped, 0);
+  EXPECT_EQ(loader.stats().bad, 0);
+}
+
 TEST(DataLoader, WebdatasetShardsHoldTheSameExamplesAsTheFolder) {
   testing::TempDir tmp;
   for (const std::string kind : {"t2i", "ip2p", "dpo"}) {
