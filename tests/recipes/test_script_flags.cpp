@@ -1,0 +1,75 @@
+// Every flag of the diffusers scripts the recipes follow keeps its name, type and default in
+// the recipe executable's table. The scripts' flags come from their own argparse parsers
+// (tests/fixtures/recipes/<script>.flags.json, written by scripts/make_script_flags.py from a
+// diffusers checkout); a deliberate difference is listed here with its reason.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "recipes/diffusion_dpo.h"
+#include "recipes/instruct_pix2pix.h"
+#include "test_util.h"
+
+namespace lisadiff {
+namespace {
+
+using recipes::FlagType;
+
+const char* kind_name(FlagType t) {
+  switch (t) {
+    case FlagType::kSwitch: return "switch";
+    case FlagType::kInt: return "int";
+    case FlagType::kFloat: return "float";
+    case FlagType::kString: return "string";
+    case FlagType::kList: return "list";
+  }
+  return "?";
+}
+
+// Defaults compared as the JSON values argparse gives: numbers by value, the rest exactly.
+bool same_default(const nlohmann::json& ours, const nlohmann::json& script) {
+  if (ours.is_number() && script.is_number()) return ours.get<double>() == script.get<double>();
+  return ours == script;
+}
+
+void expect_table_keeps_script_flags(const recipes::FlagTable& table, const std::string& fixture,
+                                     const std::map<std::string, std::string>& deliberate) {
+  const auto doc = testing::read_json(testing::fixtures_dir() / "recipes" / fixture);
+  int checked = 0;
+  for (const auto& f : doc.at("flags")) {
+    const auto name = f.at("name").get<std::string>();
+    SCOPED_TRACE(fixture + ": --" + name);
+    const auto* ours = table.find(name);
+    ASSERT_NE(ours, nullptr) << "the script's flag is missing";
+    if (deliberate.count(name)) continue;
+    ++checked;
+    EXPECT_EQ(kind_name(ours->type), f.at("kind").get<std::string>());
+    const auto our_default = table.defaults_json().at(name);
+    EXPECT_TRUE(same_default(our_default, f.at("default"))) << "ours " << our_default.dump() << ", the script's "
+                                                            << f.at("default").dump();
+    if (!f.at("choices").is_null() && !ours->choices.empty()) {
+      for (const auto& c : f.at("choices")) {
+        EXPECT_NE(std::find(ours->choices.begin(), ours->choices.end(), c.get<std::string>()), ours->choices.end())
+            << "choice " << c;
+      }
+    }
+    EXPECT_EQ(ours->required, f.at("required").get<bool>());
+  }
+  EXPECT_GT(checked, 40);
+  for (const auto& [name, why] : deliberate) {
+    bool in_script = false;
+    for (const auto& f : doc.at("flags")) in_script |= f.at("name") == name;
+    EXPECT_TRUE(in_script) << "--" << name << " is listed as a deliberate difference but the script has no such flag";
+  }
+}
+
+TEST(ScriptFlags, InstructPix2PixKeepsEveryFlagOfTheScript) {
+  expect_table_keeps_script_flags(recipes::instruct_pix2pix_flags(), "train_instruct_pix2pix.flags.json", {});
+}
+
+TEST(ScriptFlags, DiffusionDpoKeepsEveryFlagOfTheScript) {
+  expect_table_keeps_script_flags(recipes::diffusion_dpo_flags(), "train_diffusion_dpo.flags.json", {});
+}
+
+}  // namespace
+}  // namespace lisadiff
