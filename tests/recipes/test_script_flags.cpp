@@ -8,6 +8,7 @@
 
 #include "recipes/diffusion_dpo.h"
 #include "recipes/instruct_pix2pix.h"
+#include "recipes/lcm_distill.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -69,6 +70,28 @@ TEST(ScriptFlags, InstructPix2PixKeepsEveryFlagOfTheScript) {
 
 TEST(ScriptFlags, DiffusionDpoKeepsEveryFlagOfTheScript) {
   expect_table_keeps_script_flags(recipes::diffusion_dpo_flags(), "train_diffusion_dpo.flags.json", {});
+}
+
+TEST(ScriptFlags, LcmDistillKeepsEveryFlagOfTheScript) {
+  expect_table_keeps_script_flags(recipes::lcm_distill_flags(), "train_lcm_distill_sd_wds.flags.json", {});
+}
+
+// The LISA-diffusion README's LCM command parses as written (the model and the shards named
+// as local paths), with one note per flag that has no effect here.
+TEST(ScriptFlags, TheReadmeLcmCommandParses) {
+  const auto parsed = recipes::lcm_distill_flags().parse(
+      {"--pretrained_teacher_model=/models/sd15", "--output_dir=./lcm_distill_sd_lisa", "--mixed_precision=no",
+       "--resolution=512", "--learning_rate=1e-5", "--loss_type=huber", "--ema_decay=0.95", "--adam_weight_decay=0.0",
+       "--max_train_steps=1000", "--max_train_samples=4000000", "--dataloader_num_workers=8",
+       "--train_shards_path_or_url=pipe:cat /data/cc12m/{00000..01099}.tar", "--validation_steps=200",
+       "--checkpointing_steps=200", "--checkpoints_total_limit=10", "--train_batch_size=8", "--gradient_checkpointing",
+       "--enable_xformers_memory_efficient_attention", "--gradient_accumulation_steps=2", "--use_8bit_adam",
+       "--resume_from_checkpoint=latest", "--report_to=wandb", "--seed=453645634"});
+  EXPECT_EQ(parsed.values.at("loss_type"), "huber");
+  EXPECT_EQ(parsed.values.at("train_shards_path_or_url"), "pipe:cat /data/cc12m/{00000..01099}.tar");
+  EXPECT_EQ(parsed.values.at("seed"), 453645634);
+  ASSERT_EQ(parsed.notes.size(), 1u);
+  EXPECT_NE(parsed.notes[0].find("enable_xformers_memory_efficient_attention"), std::string::npos);
 }
 
 }  // namespace
