@@ -9,6 +9,7 @@
 #include "pipelines/validation.h"
 #include "recipes/common.h"
 #include "recipes/shared_flags.h"
+#include "train/ema.h"
 
 namespace lisadiff::recipes {
 
@@ -372,19 +373,15 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
   }
   trainer.resume();
 
-  const auto ref_pairs = reference ? reference->named_parameters().pairs()
-                                   : std::vector<std::pair<std::string, torch::Tensor>>{};
-  const auto policy_pairs = unet->named_parameters().pairs();
+  const io::NamedTensors ref_pairs = reference ? reference->named_parameters().pairs() : io::NamedTensors{};
+  const io::NamedTensors policy_pairs = unet->named_parameters().pairs();
   trainer.train(
       [&](const train::MicroBatch&) { return diffusion_dpo_step(m, loader.next()); },
       [&](int64_t step) {
         if (settings.ref_update_rate > 0) {
-          // The LISA fork's slow reference: ref <- (1 - r) ref + r policy, every tensor.
-          torch::NoGradGuard no_grad;
-          const double r = settings.ref_update_rate;
-          for (std::size_t i = 0; i < ref_pairs.size(); ++i) {
-            ref_pairs[i].second.mul_(1 - r).add_(policy_pairs[i].second.to(ref_dtype), r);
-          }
+          // The LISA fork's slow reference: ref <- (1 - r) ref + r policy, every tensor (the
+          // fixed-rate EMA that LCM's target network uses too).
+          train::ema_update_(ref_pairs, policy_pairs, 1 - settings.ref_update_rate);
         }
         if (validator && validator->due(step)) validator->run(step, unet, spec);
       });

@@ -376,6 +376,12 @@ TEST(DiffusionDpoApp, AKilledRunResumesToTheStraightRunsResult) {
       EXPECT_TRUE(testing::read_file(killed / file) == testing::read_file(tmp / ("straight-" + method) / file))
           << method << ": " << file << " differs from the straight run's";
     }
+    if (method == "lisa") {
+      // The reference moved towards the policy: it is no longer the pretrained UNet.
+      const io::SafetensorsReader moved(killed / "checkpoint-10/reference_unet.safetensors");
+      const io::SafetensorsReader base(micro_sd() / "unet/diffusion_pytorch_model.safetensors");
+      EXPECT_FALSE(testing::same_tensor(moved.tensor("conv_in.weight"), base.tensor("conv_in.weight")));
+    }
     // The metrics of the steps after the resume equal the straight run's.
     const auto last_step = [](const fs::path& file) {
       auto lines = testing::read_jsonl(file);
