@@ -56,6 +56,15 @@ torch::ScalarType weight_dtype_of(train::MixedPrecision precision) {
                                                      : torch::kFloat32;
 }
 
+models::LoadOptions frozen_load_options(torch::ScalarType dtype, torch::Device device) {
+  models::LoadOptions o;
+  o.frozen = true;
+  o.dtype = dtype;
+  o.device = device;
+  o.map_file = device.is_cpu();
+  return o;
+}
+
 torch::Device training_device(bool allow_tf32) {
   const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   if (allow_tf32 && device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);

@@ -11,6 +11,7 @@
 
 #include "config/json_fields.h"
 #include "data/loader.h"
+#include "models/state.h"
 #include "recipes/options.h"
 #include "train/trainer.h"
 
@@ -49,6 +50,12 @@ void check_resolution(const config::Json& values);
 
 // The scripts' weight_dtype: float16 / bfloat16 under that mixed precision, else float32.
 torch::ScalarType weight_dtype_of(train::MixedPrecision precision);
+// How a recipe loads a model that never trains (the VAE, the text encoder, a teacher or a
+// reference UNet): frozen, in `dtype` on `device`; on a CPU, where the dtype is the file's, a
+// view of the memory-mapped weight file (clean file pages, no copy; models::LoadOptions::map_file),
+// as diffusers' safetensors loading leaves frozen weights file-backed.
+models::LoadOptions frozen_load_options(torch::ScalarType dtype, torch::Device device);
+
 // The device a recipe trains on: the current CUDA device when there is one, else the CPU;
 // with allow_tf32 TF32 matmuls are switched on there.
 torch::Device training_device(bool allow_tf32 = false);

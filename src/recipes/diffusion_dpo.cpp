@@ -286,13 +286,7 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
 
   // Models: VAE and text encoder frozen in the weight dtype, the policy UNet in float32.
   const auto weight_dtype = weight_dtype_of(options.mixed_precision);
-  models::LoadOptions frozen;
-  frozen.frozen = true;
-  frozen.dtype = weight_dtype;
-  frozen.device = device;
-  // On a CPU the frozen models are views of their memory-mapped weight files where the dtype
-  // is the file's: clean file pages, no copy (diffusers' safetensors loading does the same).
-  frozen.map_file = device.is_cpu();
+  const auto frozen = frozen_load_options(weight_dtype, device);
   auto tokenizer = models::CLIPTokenizer::from_folder(run.base / "tokenizer");
   auto text_encoder = models::load_clip_text(run.base / "text_encoder", frozen, settings.variant);
   auto vae = models::load_vae(run.base / "vae", frozen, settings.variant);

@@ -212,10 +212,7 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
 
   // Models: VAE and text encoder frozen in the weight dtype, the UNet in float32.
   const auto weight_dtype = weight_dtype_of(options.mixed_precision);
-  models::LoadOptions frozen;
-  frozen.frozen = true;
-  frozen.dtype = weight_dtype;
-  frozen.device = device;
+  const auto frozen = frozen_load_options(weight_dtype, device);
   auto tokenizer = models::CLIPTokenizer::from_folder(run.base / "tokenizer");
   auto text_encoder = models::load_clip_text(run.base / "text_encoder", frozen, settings.variant);
   auto vae = models::load_vae(run.base / "vae", frozen, settings.variant);
