@@ -1,6 +1,7 @@
 #include "recipes/common.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "io/atomic_file.h"
 #include "recipes/options.h"
@@ -146,9 +147,8 @@ void resolve_dataset(config::Json& values) {
       }
       std::sort(splits.begin(), splits.end());
       if (!splits.empty()) {
-        std::string list;
-        for (const auto& s : splits) list += (list.empty() ? "" : ", ") + s;
-        throw UsageError(fmt::format("--dataset_split_name {}: {} has no such split (it has: {})", split, name, list));
+        throw UsageError(fmt::format("--dataset_split_name {}: {} has no such split (it has: {})", split, name,
+                                     fmt::join(splits, ", ")));
       }
     }
   }

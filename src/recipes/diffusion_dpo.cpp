@@ -268,8 +268,7 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
   const auto settings = read_settings(reader);
   check_resolution(values);
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kDpo);
-  data_options.read(reader);
-  data_options.validate(source);
+  data_options.read(reader);  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
   data::DataLoader loader(data_options);
   derive_step_count(values, reader, loader.batches_per_epoch(), data_options.world_size);

@@ -195,8 +195,7 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
 
   check_resolution(values);
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kIp2p);
-  data_options.read(reader);
-  data_options.validate(source);
+  data_options.read(reader);  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
   data::DataLoader loader(data_options);
   derive_step_count(values, reader, loader.batches_per_epoch(), data_options.world_size);
