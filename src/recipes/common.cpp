@@ -20,7 +20,7 @@ RecipeRun start_run(const FlagTable& table, const ParsedArgs& parsed, const std:
                                  base_flag, run.base.string()));
   }
   run.values = recipe_values(table, parsed);
-  resolve_dataset(run.values);
+  if (table.find("dataset_name")) resolve_dataset(run.values);
   run.source = parsed.config_file.empty() ? "command line" : parsed.config_file.string() + " + command line";
   return run;
 }
@@ -170,6 +170,17 @@ void resolve_dataset(config::Json& values) {
     return;
   }
   values["train_data_dir"] = name;
+}
+
+const std::vector<std::string>& lcm_validation_prompts() {
+  static const std::vector<std::string> prompts = {
+      "portrait photo of a girl, photograph, highly detailed face, depth of field, moody light, golden hour, style by "
+      "Dan Winters, Russell James, Steve McCurry, centered, extremely detailed, Nikon D850, award winning photography",
+      "Self-portrait oil painting, a beautiful cyborg with golden hair, 8k",
+      "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",
+      "A photo of beautiful mountain with realistic sunset and blue lake, highly detailed, masterpiece",
+  };
+  return prompts;
 }
 
 fs::path local_file(const std::string& url, const std::string& flag) {

@@ -19,7 +19,8 @@ namespace lisadiff::recipes {
 
 // The start every recipe run shares: the base pipeline folder checked first (a Hub id is the
 // most common mistake, reported before anything is logged), the parsed values laid over the
-// table's defaults (recipe_values), and the dataset flags resolved (resolve_dataset).
+// table's defaults (recipe_values), and the dataset flags resolved (resolve_dataset) when the
+// table has --dataset_name.
 struct RecipeRun {
   config::Json values;          // every flag's value
   std::string source;           // "command line" or "FILE.json + command line", for messages
@@ -71,6 +72,10 @@ train::StatePart loader_state_part(data::DataLoader& loader);
 // one; a folder without split folders is read as it is. A Hub id is refused with how to convert it
 // (scripts/convert_hf_dataset.py). Throws UsageError naming the flag.
 void resolve_dataset(config::Json& values);
+
+// The LCM distillation script's four validation prompts (VALIDATION_PROMPTS), which the
+// Diffusion-DPO script reuses.
+const std::vector<std::string>& lcm_validation_prompts();
 
 // A local file for a URL flag (--val_image_url): a path or a file:// URL; http(s) is refused
 // with the reason. Throws UsageError naming the flag.

@@ -22,18 +22,6 @@ constexpr const char* kData = "Data";
 constexpr const char* kValidation = "Validation";
 constexpr const char* kRecipe = "Diffusion-DPO";
 
-// The script's validation prompts (VALIDATION_PROMPTS, the LCM script's four).
-const std::vector<std::string>& validation_prompts() {
-  static const std::vector<std::string> prompts = {
-      "portrait photo of a girl, photograph, highly detailed face, depth of field, moody light, golden hour, style by "
-      "Dan Winters, Russell James, Steve McCurry, centered, extremely detailed, Nikon D850, award winning photography",
-      "Self-portrait oil painting, a beautiful cyborg with golden hair, 8k",
-      "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",
-      "A photo of beautiful mountain with realistic sunset and blue lake, highly detailed, masterpiece",
-  };
-  return prompts;
-}
-
 }  // namespace
 
 FlagTable diffusion_dpo_flags() {
@@ -358,7 +346,7 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
   if (settings.run_validation) {
     validator.emplace(pipelines::components_for_validation(run.base, tokenizer, text_encoder, vae), trainer,
                       settings.validation_steps);
-    spec.prompts = validation_prompts();
+    spec.prompts = lcm_validation_prompts();
     spec.scheduler = "DPMSolverMultistepScheduler";
     spec.num_inference_steps = 25;
     spec.guidance_scale = 7.5;

@@ -1,0 +1,225 @@
+// The lcm_distill recipe against a Python reference of the scripts' training loop
+// (scripts/lcm_reference.py: diffusers components, peft LoRA, torch AdamW, clip_grad_norm_,
+// get_scheduler), fed the same stored random draws: 10 optimizer steps with gradient
+// accumulation 2 on the micro pipeline, whose teacher UNet has no time_cond_proj_dim (so the
+// student gets one): full fine-tuning (the script's classic step, l2 loss), LISA with the sets
+// lisadiff drew (huber loss) and LoRA as the LCM-LoRA script (huber): the loss of every
+// micro-batch, the trained tensors and the target's. Also: the same seed gives diffusers' and
+// peft's initialisation of the student's new cond_proj and of the adapters, and the outputs
+// of the executable are folders and files diffusers loads and samples with LCMScheduler.
+// Label python.
+#include <gtest/gtest.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "data/loader.h"
+#include "io/safetensors.h"
+#include "recipes/lcm_distill.h"
+#include "test_util.h"
+
+namespace lisadiff {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::fixtures_dir;
+
+struct ParityCase {
+  train::TrainMethod method;
+  const char* loss_type;
+};
+
+void PrintTo(const ParityCase& c, std::ostream* os) { *os << train::method_name(c.method) << " " << c.loss_type; }
+
+class LcmDistillParity : public ::testing::TestWithParam<ParityCase> {};
+
+TEST_P(LcmDistillParity, TenStepsEqualThePythonReference) {
+  const auto [method, loss_name] = GetParam();
+  const bool lora = method == train::TrainMethod::kLora;
+  testing::TempDir tmp;
+  const auto base = fixtures_dir() / "pipelines/micro-sd";
+  const int steps = 10, accumulation = 2, batch = 2, resolution = 32, seed = 7, cond_dim = 16, rank = 4;
+  const double ema_decay = 0.9, huber_c = 0.01, w_min = 2, w_max = 6;
+  const int num_ddim = 50;
+  const std::vector<std::string> prompts = {"a red circle", "a blue square on a green background", "a cat", ""};
+
+  // The stored draws: the images, the VAE sample noise, grid indices, noise and w.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(4321);
+  io::NamedTensors inputs;
+  std::vector<data::Batch> batches;
+  std::vector<recipes::LcmDistillDraws> draws;
+  nlohmann::json texts = nlohmann::json::array();
+  const int64_t latent = resolution / 2;  // micro-sd's VAE halves the size
+  for (int i = 0; i < steps * accumulation; ++i) {
+    data::Batch b;
+    b.images = {at::rand({batch, 3, resolution, resolution}, gen) * 2 - 1};
+    nlohmann::json t = nlohmann::json::array();
+    for (int k = 0; k < batch; ++k) {
+      b.keys.push_back(std::to_string(i * batch + k));
+      b.texts.push_back(prompts[(i * batch + k) % prompts.size()]);
+      t.push_back(b.texts.back());
+    }
+    texts.push_back(t);
+    recipes::LcmDistillDraws d;
+    d.latent_noise = at::randn({batch, 4, latent, latent}, gen);
+    // Include the grid's first point (t_end = 0: c_skip 1, c_out 0) and its last.
+    d.index = i == 0 ? torch::tensor({0, num_ddim - 1}, torch::kLong) : at::randint(0, num_ddim, {batch}, gen);
+    d.noise = at::randn({batch, 4, latent, latent}, gen);
+    d.w = at::rand({batch}, gen) * (w_max - w_min) + w_min;
+    const auto n = std::to_string(i);
+    inputs.emplace_back("images." + n, b.images[0]);
+    inputs.emplace_back("latent_noise." + n, d.latent_noise);
+    inputs.emplace_back("index." + n, d.index);
+    inputs.emplace_back("noise." + n, d.noise);
+    inputs.emplace_back("w." + n, d.w);
+    batches.push_back(std::move(b));
+    draws.push_back(d);
+  }
+  const double lr = lora ? 5e-3 : 1e-3;
+  nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", lr},
+                             {"lr_scheduler", "cosine"}, {"lr_warmup_steps", 2}, {"max_grad_norm", 0.5},
+                             {"adam_beta1", 0.9}, {"adam_beta2", 0.999}, {"adam_weight_decay", 1e-2},
+                             {"adam_epsilon", 1e-8}, {"loss_type", loss_name}, {"huber_c", huber_c},
+                             {"w_min", w_min}, {"w_max", w_max}, {"num_ddim_timesteps", num_ddim},
+                             {"timestep_scaling_factor", 10.0}, {"ema_decay", ema_decay},
+                             {"unet_time_cond_proj_dim", cond_dim}, {"lora_rank", rank}, {"lora_alpha", rank},
+                             {"lora_target_modules", recipes::lcm_lora_target_modules()},
+                             {"teacher_autocast", "no"}, {"seed", seed}, {"texts", texts}};
+
+  // lisadiff: the executable's models (the student built after the seed, as the executable
+  // does), the recipe's step, the Trainer's classic or LISA step, the target's EMA.
+  models::LoadOptions frozen;
+  frozen.frozen = true;
+  auto tokenizer = models::CLIPTokenizer::from_folder(base / "tokenizer");
+  auto text_encoder = models::load_clip_text(base / "text_encoder", frozen);
+  auto vae = models::load_vae(base / "vae", frozen);
+  auto teacher = models::load_unet(base / "unet", frozen);
+  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(base / "scheduler");
+  const schedulers::LcmDdimSolver solver(schedule.alphas_cumprod(), num_ddim);
+  torch::manual_seed(seed);
+  models::UNet2DConditionModel unet{nullptr}, target{nullptr};
+  if (lora) {
+    unet = models::load_unet(base / "unet");
+  } else {
+    unet = recipes::load_lcm_student(base / "unet", cond_dim, torch::kCPU);
+    target = recipes::copy_unet(unet);
+    EXPECT_TRUE(torch::equal(target->named_parameters()["time_embedding.cond_proj.weight"],
+                             unet->named_parameters()["time_embedding.cond_proj.weight"]));
+  }
+  train::TrainerOptions o;
+  o.method = method;
+  o.lisa.n_active = 6;
+  o.lisa.interval = 3;
+  o.lisa.seed = 11;
+  o.lora.rank = rank;
+  o.lora.alpha = rank;
+  o.lora.target_modules = recipes::lcm_lora_target_modules();
+  o.output_dir = tmp / "run";
+  o.max_train_steps = steps;
+  o.gradient_accumulation_steps = accumulation;
+  o.schedule.type = train::LrScheduleType::kCosine;
+  o.schedule.base_lr = lr;
+  o.schedule.warmup_steps = 2;
+  o.max_grad_norm = 0.5;
+  o.checkpointing_steps = 1000;
+  o.report_to = "none";
+  train::Trainer trainer(train::trained_unet(unet), o);
+  // The tensors initialised at random here, given to the reference (and compared with the
+  // values its own seeded construction gives, below).
+  io::NamedTensors initial;
+  if (lora) {
+    for (const auto& [name, t] : trainer.trainable()) initial.emplace_back(name, t.detach().clone());
+  } else {
+    initial.emplace_back("time_embedding.cond_proj.weight",
+                         unet->named_parameters()["time_embedding.cond_proj.weight"].detach().clone());
+  }
+  for (const auto& [name, t] : initial) inputs.emplace_back("init." + name, t);
+  fs::create_directories(tmp / "inputs");
+  io::write_safetensors(tmp / "inputs/inputs.safetensors", inputs);
+
+  recipes::LcmDistillModels m;
+  m.tokenizer = &tokenizer;
+  m.text_encoder = text_encoder;
+  m.vae = vae;
+  m.teacher = teacher;
+  m.unet = unet;
+  m.target = target;
+  m.schedule = &schedule;
+  m.solver = &solver;
+  m.schedules = schedulers::alpha_sigma_schedules(schedule.alphas_cumprod());
+  {
+    torch::NoGradGuard no_grad;
+    m.uncond_embeds = text_encoder->forward(tokenizer.tokenize({"", ""}).input_ids).last_hidden_state;
+  }
+  m.w_min = w_min;
+  m.w_max = w_max;
+  m.loss_type = recipes::lcm_loss_type(loss_name);
+  m.huber_c = huber_c;
+  m.w_embedding_dim = lora ? 0 : cond_dim;
+  m.teacher_autocast = std::nullopt;
+  std::vector<double> losses;
+  nlohmann::json sets = nlohmann::json::array();  // LISA: the active names of every step
+  const io::NamedTensors target_pairs = target ? target->named_parameters().pairs() : io::NamedTensors{};
+  const io::NamedTensors student_pairs = unet->named_parameters().pairs();
+  trainer.train(
+      [&](const train::MicroBatch& mb) {
+        if (trainer.lisa() && mb.index == 0) sets.push_back(trainer.lisa()->active_names());
+        auto r = recipes::lcm_distill_step(m, batches.at(mb.count), draws.at(mb.count));
+        losses.push_back(r.loss.item<double>());
+        return r;
+      },
+      [&](int64_t) {
+        if (target) train::ema_update_(target_pairs, student_pairs, ema_decay);
+      });
+
+  settings["method"] = train::method_name(method);
+  settings["sets"] = sets;
+  testing::write_file(tmp / "inputs/settings.json", settings.dump());
+  const auto [rc, log] = testing::run_command(testing::test_python() + " " +
+                                              (testing::tests_dir().parent_path() / "scripts/lcm_reference.py").string() +
+                                              " --pipeline " + base.string() + " --inputs " + (tmp / "inputs").string() +
+                                              " --out " + (tmp / "ref.safetensors").string() + " 2>&1");
+  ASSERT_EQ(rc, 0) << log;
+  const io::SafetensorsReader ref(tmp / "ref.safetensors");
+
+  // The same seed, the same initialisation: the student built from the config after
+  // manual_seed draws cond_proj as diffusers' constructor; the adapters as peft's.
+  for (const auto& [name, t] : initial) {
+    EXPECT_TRUE(testing::close_tensor("seeded_init." + name, t, ref.tensor("seeded_init." + name), 0, 1e-7));
+  }
+  // Per micro-batch losses: the forward passes agree to float32 rounding (the UNet and VAE
+  // equal diffusers to ~1e-6 relative), through the boundary scalings, the teacher's CFG
+  // (w up to 6 amplifies the teacher's rounding) and the float64 DDIM step.
+  const auto expected = ref.tensor("losses");
+  ASSERT_EQ(static_cast<int64_t>(losses.size()), expected.size(0));
+  for (std::size_t i = 0; i < losses.size(); ++i) {
+    EXPECT_NEAR(losses[i], expected[static_cast<int64_t>(i)].item<double>(), 2e-5 * std::abs(losses[i]) + 1e-7)
+        << "micro-batch " << i;
+  }
+  // Trained tensors: AdamW divides by sqrt(v), so a gradient that differs in the 7th digit
+  // moves a weight by up to lr times that relative difference per step; the target is an
+  // average of the student's values.
+  const std::string prefix = lora ? "lora." : "unet.";
+  for (const auto& [name, value] : trainer.trainable()) {
+    EXPECT_TRUE(testing::close_tensor(prefix + name, value, ref.tensor(prefix + name), 1e-5, 1e-4));
+  }
+  for (const auto& [name, value] : target_pairs) {
+    EXPECT_TRUE(testing::close_tensor("target." + name, value, ref.tensor("target." + name), 1e-5, 1e-4));
+  }
+  // The student moved, and the target moved towards it without reaching it.
+  const auto& [first_name, first] = trainer.trainable().front();
+  const auto teacher_params = teacher->named_parameters();
+  EXPECT_FALSE(torch::equal(first, lora ? initial.front().second : teacher_params[first_name])) << first_name;
+  if (target) {
+    const auto& name = student_pairs.back().first;
+    EXPECT_FALSE(torch::equal(target->named_parameters()[name], unet->named_parameters()[name]));
+  }
+  if (method == train::TrainMethod::kLisa) EXPECT_NE(sets.front(), sets.back());  // re-draws happened
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, LcmDistillParity,
+                         ::testing::Values(ParityCase{train::TrainMethod::kFull, "l2"},
+                                           ParityCase{train::TrainMethod::kLisa, "huber"}),
+                         [](const auto& info) { return train::method_name(info.param.method); });
+
+}  // namespace
+}  // namespace lisadiff
