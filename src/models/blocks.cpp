@@ -1,6 +1,8 @@
 #include "models/blocks.h"
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "core/error.h"
 #include "models/checkpoint.h"
@@ -77,16 +79,18 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options(o)
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
+  const bool train = is_training();
   auto h = activation(options.act, norm1(x));
-  h = conv1(h);
+  h = with_adapter(conv1(h), lora_conv1, h, train);
   if (time_emb_proj && temb.defined()) {
-    auto t = time_emb_proj(activation(options.act, temb));
+    const auto act = activation(options.act, temb);
+    auto t = with_adapter(time_emb_proj(act), lora_time_emb_proj, act, train);
     h = h + t.unsqueeze(-1).unsqueeze(-1);
   }
   h = activation(options.act, norm2(h));
   h = dropout(h);
-  h = conv2(h);
-  auto shortcut = conv_shortcut ? conv_shortcut(x) : x;
+  h = with_adapter(conv2(h), lora_conv2, h, train);
+  auto shortcut = conv_shortcut ? with_adapter(conv_shortcut(x), lora_conv_shortcut, x, train) : x;
   auto out = shortcut + h;
   if (options.output_scale_factor != 1.0) out = out / options.output_scale_factor;
   return out;
@@ -97,8 +101,8 @@ Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t pad) : padding(pad)
 }
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
-  if (padding == 0) return conv(F::pad(x, F::PadFuncOptions({0, 1, 0, 1}).mode(torch::kConstant).value(0)));
-  return conv(x);
+  const auto h = padding == 0 ? F::pad(x, F::PadFuncOptions({0, 1, 0, 1}).mode(torch::kConstant).value(0)) : x;
+  return with_adapter(conv(h), lora_conv, h, is_training());
 }
 
 Upsample2DImpl::Upsample2DImpl(int64_t channels) {
@@ -112,23 +116,81 @@ torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, std::optional<std:
   } else {
     h = at::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2}, 2.0, 2.0);
   }
-  return conv(h);
+  return with_adapter(conv(h), lora_conv, h, is_training());
 }
 
 // ---------------------------------------------------------------------------------------
 
-torch::Tensor LinearAdapter::forward(const torch::Tensor& x, bool training) const {
+torch::Tensor LoraAdapter::forward(const torch::Tensor& x, bool training) const {
   auto h = x.to(A.scalar_type());
   if (dropout > 0) h = torch::dropout(h, dropout, training);
   // peft: lora_B(lora_A(dropout(x))) * scaling
+  if (A.dim() == 4) return torch::conv2d(torch::conv2d(h, A, {}, stride, padding), B) * scale;
   return torch::nn::functional::linear(torch::nn::functional::linear(h, A), B) * scale;
 }
 
-torch::Tensor linear_with_adapter(torch::nn::Linear& base, const std::shared_ptr<LinearAdapter>& adapter,
-                                  const torch::Tensor& x, bool training) {
-  auto y = base(x);
-  if (adapter && adapter->enabled) y = y + adapter->forward(x, training).to(y.scalar_type());
-  return y;
+torch::Tensor with_adapter(const torch::Tensor& y, const AdapterSlot& adapter, const torch::Tensor& x, bool training) {
+  if (!adapter || !adapter->enabled) return y;
+  return y + adapter->forward(x, training).to(y.scalar_type());
+}
+
+namespace {
+
+AdaptableLayer linear_layer(const std::string& name, const nn::Linear& layer, AdapterSlot& slot,
+                            std::shared_ptr<nn::Module> owner) {
+  return {name, layer->weight, {}, {}, &slot, std::move(owner)};
+}
+
+AdaptableLayer conv_layer(const std::string& name, const nn::Conv2d& layer, AdapterSlot& slot,
+                          std::shared_ptr<nn::Module> owner) {
+  const auto& o = layer->options;
+  const auto& padding = std::get<torch::ExpandingArray<2>>(o.padding());
+  return {name, layer->weight, std::vector<int64_t>(o.stride()->begin(), o.stride()->end()),
+          std::vector<int64_t>(padding->begin(), padding->end()), &slot, std::move(owner)};
+}
+
+// proj_in / proj_out: a Conv2d 1x1 or a Linear behind an AnyModule.
+AdaptableLayer any_layer(const std::string& name, const nn::AnyModule& layer, AdapterSlot& slot,
+                         std::shared_ptr<nn::Module> owner) {
+  if (auto c = std::dynamic_pointer_cast<nn::Conv2dImpl>(layer.ptr())) return conv_layer(name, nn::Conv2d(c), slot, owner);
+  return linear_layer(name, nn::Linear(std::dynamic_pointer_cast<nn::LinearImpl>(layer.ptr())), slot, owner);
+}
+
+}  // namespace
+
+std::vector<AdaptableLayer> adaptable_layers(nn::Module& model) {
+  std::vector<AdaptableLayer> layers;
+  std::map<std::string, std::size_t> order;  // module path -> position in named_modules()
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    const auto& key = item.key();
+    order.emplace(key, order.size());
+    const auto at = [&key](const char* child) { return key + "." + child; };
+    const auto& m = item.value();
+    if (auto a = std::dynamic_pointer_cast<AttentionImpl>(m)) {
+      layers.push_back(linear_layer(at("to_q"), a->to_q, a->lora_q, m));
+      layers.push_back(linear_layer(at("to_k"), a->to_k, a->lora_k, m));
+      layers.push_back(linear_layer(at("to_v"), a->to_v, a->lora_v, m));
+      layers.push_back(linear_layer(at("to_out.0"), a->out_proj, a->lora_out, m));
+    } else if (auto r = std::dynamic_pointer_cast<ResnetBlock2DImpl>(m)) {
+      layers.push_back(conv_layer(at("conv1"), r->conv1, r->lora_conv1, m));
+      if (r->time_emb_proj) layers.push_back(linear_layer(at("time_emb_proj"), r->time_emb_proj, r->lora_time_emb_proj, m));
+      layers.push_back(conv_layer(at("conv2"), r->conv2, r->lora_conv2, m));
+      if (r->conv_shortcut) layers.push_back(conv_layer(at("conv_shortcut"), r->conv_shortcut, r->lora_conv_shortcut, m));
+    } else if (auto d = std::dynamic_pointer_cast<Downsample2DImpl>(m)) {
+      layers.push_back(conv_layer(at("conv"), d->conv, d->lora_conv, m));
+    } else if (auto u = std::dynamic_pointer_cast<Upsample2DImpl>(m)) {
+      layers.push_back(conv_layer(at("conv"), u->conv, u->lora_conv, m));
+    } else if (auto f = std::dynamic_pointer_cast<FeedForwardImpl>(m)) {
+      layers.push_back(linear_layer(at("net.0.proj"), f->proj, f->lora_proj, m));
+      layers.push_back(linear_layer(at("net.2"), f->out, f->lora_out, m));
+    } else if (auto t = std::dynamic_pointer_cast<Transformer2DModelImpl>(m)) {
+      layers.push_back(any_layer(at("proj_in"), t->proj_in, t->lora_proj_in, m));
+      layers.push_back(any_layer(at("proj_out"), t->proj_out, t->lora_proj_out, m));
+    }
+  }
+  std::stable_sort(layers.begin(), layers.end(),
+                   [&order](const AdaptableLayer& a, const AdaptableLayer& b) { return order.at(a.name) < order.at(b.name); });
+  return layers;
 }
 
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
@@ -155,17 +217,17 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   }
   if (group_norm) h = group_norm(h.transpose(1, 2)).transpose(1, 2);
   const bool train = is_training();
-  auto q = linear_with_adapter(to_q, lora_q, h, train);
+  auto q = with_adapter(to_q(h), lora_q, h, train);
   const auto& ctx = context.defined() ? context : h;
-  auto k = linear_with_adapter(to_k, lora_k, ctx, train);
-  auto v = linear_with_adapter(to_v, lora_v, ctx, train);
+  auto k = with_adapter(to_k(ctx), lora_k, ctx, train);
+  auto v = with_adapter(to_v(ctx), lora_v, ctx, train);
   const int64_t heads = options.heads, d = k.size(-1) / heads;
   q = q.view({B, -1, heads, d}).transpose(1, 2);
   k = k.view({B, -1, heads, d}).transpose(1, 2);
   v = v.view({B, -1, heads, d}).transpose(1, 2);
   auto o = at::scaled_dot_product_attention(q, k, v);
   o = o.transpose(1, 2).reshape({B, -1, heads * d}).to(q.scalar_type());
-  o = out_dropout(linear_with_adapter(out_proj, lora_out, o, train));
+  o = out_dropout(with_adapter(out_proj(o), lora_out, o, train));
   if (spatial) o = o.transpose(-1, -2).reshape({B, C, H, W});
   if (options.residual_connection) o = o + x;
   if (options.rescale_output_factor != 1.0) o = o / options.rescale_output_factor;
@@ -200,8 +262,10 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, double dropout) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  auto parts = proj(x).chunk(2, -1);
-  return out(drop(parts[0] * torch::gelu(parts[1])));
+  const bool train = is_training();
+  auto parts = with_adapter(proj(x), lora_proj, x, train).chunk(2, -1);
+  const auto h = drop(parts[0] * torch::gelu(parts[1]));
+  return with_adapter(out(h), lora_out, h, train);
 }
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t dim_head,
@@ -250,14 +314,18 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
   auto h = norm(x);
   int64_t inner = 0;
+  const bool train = is_training();
+  const auto project_in = [&](const torch::Tensor& in) {
+    return with_adapter(proj_in.forward(in), lora_proj_in, in, train);
+  };
   if (!options.use_linear_projection) {
-    h = proj_in.forward(h);
+    h = project_in(h);
     inner = h.size(1);
     h = h.permute({0, 2, 3, 1}).reshape({B, H * W, inner});
   } else {
     inner = h.size(1);
     h = h.permute({0, 2, 3, 1}).reshape({B, H * W, inner});
-    h = proj_in.forward(h);
+    h = project_in(h);
   }
   for (auto& block : blocks) {
     if (gradient_checkpointing && is_training()) {
@@ -269,9 +337,9 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   }
   if (!options.use_linear_projection) {
     h = h.reshape({B, H, W, inner}).permute({0, 3, 1, 2}).contiguous();
-    h = proj_out.forward(h);
+    h = with_adapter(proj_out.forward(h), lora_proj_out, h, train);
   } else {
-    h = proj_out.forward(h);
+    h = with_adapter(proj_out.forward(h), lora_proj_out, h, train);
     h = h.reshape({B, H, W, inner}).permute({0, 3, 1, 2}).contiguous();
   }
   return h + x;

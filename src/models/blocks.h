@@ -27,6 +27,40 @@ torch::Tensor guidance_scale_embedding(const torch::Tensor& w, int64_t dim,
 // Activation by diffusers' name: "silu"/"swish", "gelu", "mish", "relu".
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);
 
+// A low-rank adapter on one Linear or Conv2d layer (peft's LoRA):
+//   y = base(x) + scale * B(A(dropout(x))).
+// Linear: A [rank, in], B [out, rank]. Conv2d: A [rank, in, kh, kw], convolving with the base's
+// stride and padding, and B [out, rank, 1, 1]. Its tensors are not children of the module it
+// adapts, so the model's key tree (and its safetensors files) stay those of diffusers;
+// train/lora.h creates and owns them.
+struct LoraAdapter {
+  torch::Tensor A;
+  torch::Tensor B;
+  std::vector<int64_t> stride = {1, 1}, padding = {0, 0};  // Conv2d
+  double scale = 1.0;
+  double dropout = 0.0;
+  bool enabled = true;
+  torch::Tensor forward(const torch::Tensor& x, bool training) const;
+};
+using AdapterSlot = std::shared_ptr<LoraAdapter>;
+
+// `y`, a layer's output for `x`, plus the adapter's term when there is an enabled one.
+torch::Tensor with_adapter(const torch::Tensor& y, const AdapterSlot& adapter, const torch::Tensor& x, bool training);
+
+// A Linear or Conv2d layer of a model that can carry an adapter.
+struct AdaptableLayer {
+  std::string name;                       // module path, e.g. "down_blocks.0.resnets.0.conv1"
+  torch::Tensor weight;                   // the layer's weight: [out, in] or [out, in, kh, kw]
+  std::vector<int64_t> stride, padding;   // Conv2d
+  AdapterSlot* slot = nullptr;            // where its adapter goes (a member of `owner`)
+  std::shared_ptr<torch::nn::Module> owner;
+};
+// Every adaptable layer of `model`, in named_modules() order (peft's order of injection): the
+// attention projections (to_q, to_k, to_v, to_out.0), the transformers' proj_in / proj_out,
+// the feed-forward layers (ff.net.0.proj, ff.net.2), the resnets' conv1, conv2,
+// conv_shortcut and time_emb_proj, and the down- and upsamplers' conv.
+std::vector<AdaptableLayer> adaptable_layers(torch::nn::Module& model);
+
 struct ResnetBlock2DOptions {
   int64_t in_channels = 0;
   int64_t out_channels = 0;
@@ -52,6 +86,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   torch::nn::Dropout dropout{nullptr};
   torch::nn::Conv2d conv2{nullptr};
   torch::nn::Conv2d conv_shortcut{nullptr};
+  AdapterSlot lora_conv1, lora_time_emb_proj, lora_conv2, lora_conv_shortcut;  // optional LoRA
 };
 TORCH_MODULE(ResnetBlock2D);
 
@@ -63,6 +98,7 @@ class Downsample2DImpl : public torch::nn::Module {
 
   int64_t padding;
   torch::nn::Conv2d conv{nullptr};
+  AdapterSlot lora_conv;  // optional LoRA
 };
 TORCH_MODULE(Downsample2D);
 
@@ -73,24 +109,9 @@ class Upsample2DImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, std::optional<std::vector<int64_t>> output_size = std::nullopt);
 
   torch::nn::Conv2d conv{nullptr};
+  AdapterSlot lora_conv;  // optional LoRA
 };
 TORCH_MODULE(Upsample2D);
-
-// A low-rank adapter on one Linear: y = base(x) + scale * B(A(dropout(x))) (peft's LoRA).
-// Its tensors are not children of the module it adapts, so the model's key tree (and its
-// safetensors files) stay those of diffusers; train/lora.h creates and owns them.
-struct LinearAdapter {
-  torch::Tensor A;  // [rank, in]
-  torch::Tensor B;  // [out, rank]
-  double scale = 1.0;
-  double dropout = 0.0;
-  bool enabled = true;
-  torch::Tensor forward(const torch::Tensor& x, bool training) const;
-};
-
-// base(x), plus the adapter's term when there is an enabled one.
-torch::Tensor linear_with_adapter(torch::nn::Linear& base, const std::shared_ptr<LinearAdapter>& adapter,
-                                  const torch::Tensor& x, bool training);
 
 struct AttentionOptions {
   int64_t query_dim = 0;
@@ -120,7 +141,7 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::Linear out_proj{nullptr};
   torch::nn::Dropout out_dropout{nullptr};
   // Optional LoRA adapters on to_q, to_k, to_v, to_out.0 (see train/lora.h).
-  std::shared_ptr<LinearAdapter> lora_q, lora_k, lora_v, lora_out;
+  AdapterSlot lora_q, lora_k, lora_v, lora_out;
 };
 TORCH_MODULE(Attention);
 
@@ -134,6 +155,7 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::nn::Linear proj{nullptr};  // net.0.proj
   torch::nn::Dropout drop{nullptr};
   torch::nn::Linear out{nullptr};  // net.2
+  AdapterSlot lora_proj, lora_out;  // optional LoRA on net.0.proj and net.2
 };
 TORCH_MODULE(FeedForward);
 
@@ -172,6 +194,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
   bool gradient_checkpointing = false;  // checkpoint each transformer block
   torch::nn::GroupNorm norm{nullptr};
   torch::nn::AnyModule proj_in, proj_out;  // Conv2d 1x1 or Linear
+  AdapterSlot lora_proj_in, lora_proj_out;  // optional LoRA
   torch::nn::ModuleList transformer_blocks;
   std::vector<BasicTransformerBlock> blocks;
 };

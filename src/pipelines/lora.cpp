@@ -15,13 +15,13 @@ namespace lisadiff::pipelines {
 namespace {
 
 constexpr const char* kPrefix = "unet.";
-const char* const kProjections[] = {"to_q", "to_k", "to_v", "to_out.0"};
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// One adapter as the file holds it: down (A, [r, in]) and up (B, [out, r]).
+// One adapter as the file holds it: down (A, [r, in] or [r, in, kh, kw]) and up (B, [out, r]
+// or [out, r, 1, 1]).
 struct FileAdapter {
   torch::Tensor down, up;
   std::string down_key, up_key;
@@ -61,21 +61,21 @@ void apply_lora(Components& c, const std::filesystem::path& file, double scale) 
     (down ? a.down_key : a.up_key) = key;
   }
   if (adapters.empty()) throw Error(source, "holds no LoRA weights");
-  std::set<std::string> targets;
+  std::set<std::string> adaptable;
+  for (const auto& layer : models::adaptable_layers(*c.unet)) adaptable.insert(layer.name);
+  std::vector<std::string> targets;
   int64_t rank = -1;
   for (const auto& [module, a] : adapters) {
     if (!a.down.defined() || !a.up.defined()) {
       throw Error(source, tensor_key(a.down.defined() ? a.down_key : a.up_key), "has no matching up/down half");
     }
-    const char* target = nullptr;
-    for (const char* p : kProjections) {
-      if (ends_with(module, std::string(".") + p)) target = p;
+    if (!adaptable.count(module)) {
+      throw Error(source, tensor_key(a.down_key), "names no layer of the UNet that LoRA can adapt");
     }
-    if (!target) {
-      throw Error(source, tensor_key(a.down_key), "adapts a module other than to_q, to_k, to_v or to_out.0");
-    }
-    targets.insert(target);
-    if (a.down.dim() != 2 || a.up.dim() != 2 || a.up.size(1) != a.down.size(0)) {
+    targets.push_back(module);
+    const bool pair = (a.down.dim() == 2 && a.up.dim() == 2) ||
+                      (a.down.dim() == 4 && a.up.dim() == 4 && a.up.size(2) == 1 && a.up.size(3) == 1);
+    if (!pair || a.up.size(1) != a.down.size(0)) {
       throw Error(source, tensor_key(a.down_key), "down and up weights do not form a low-rank pair");
     }
     if (rank < 0) rank = a.down.size(0);
@@ -86,32 +86,25 @@ void apply_lora(Components& c, const std::filesystem::path& file, double scale) 
   train::LoraOptions options;
   options.rank = rank;
   options.alpha = scale * static_cast<double>(rank);  // scale * (alpha = rank) / rank
-  options.target_modules.assign(targets.begin(), targets.end());
+  options.target_modules = targets;  // full module paths: exactly the file's layers
   auto lora = std::make_unique<train::Lora>(*c.unet, options);
   std::map<std::string, torch::Tensor> slots(lora->parameters().begin(), lora->parameters().end());
-  std::set<std::string> used;
   torch::NoGradGuard no_grad;
   for (const auto& [module, a] : adapters) {
     for (const auto& [suffix, value, key] : {std::tuple{".lora_A.weight", a.down, a.down_key},
                                              std::tuple{".lora_B.weight", a.up, a.up_key}}) {
       const auto it = slots.find(module + suffix);
-      if (it == slots.end()) throw Error(source, tensor_key(key), "names no attention projection of the UNet");
+      if (it == slots.end()) throw Error(source, tensor_key(key), "names no adaptable layer of the UNet");
       if (!it->second.sizes().equals(value.sizes())) {
         throw Error(source, tensor_key(key),
                     fmt::format("shape [{}] does not fit the module (needs [{}])", fmt::join(value.sizes(), ", "),
                                 fmt::join(it->second.sizes(), ", ")));
       }
       it->second.copy_(value);
-      used.insert(it->first);
     }
   }
-  // Projections of the targeted kinds that the file leaves out keep no update (B = 0 there).
-  for (auto& [name, t] : slots) {
-    if (!used.count(name) && ends_with(name, ".lora_B.weight")) t.zero_();
-  }
   for (const auto& [name, t] : lora->parameters()) t.requires_grad_(false);
-  spdlog::info("{}: LoRA of rank {} on {} projections ({}), scale {}", source, rank, adapters.size(),
-               fmt::join(targets, ", "), scale);
+  spdlog::info("{}: LoRA of rank {} on {} layers, scale {}", source, rank, adapters.size(), scale);
   c.lora = std::move(lora);
 }
 

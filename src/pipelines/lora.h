@@ -5,10 +5,12 @@
 //   - the rank comes from the tensors, alpha = rank (no alpha tensors in either format), and
 //     `scale` multiplies the update as cross_attention_kwargs={"scale": s} does:
 //     W x + scale * B A x;
-//   - adapters go on the attention projections the file names (to_q, to_k, to_v, to_out.0).
+//   - adapters go on exactly the layers the file names: attention projections, and for an
+//     LCM-LoRA also proj_in/proj_out, the feed-forward layers, the resnets' convolutions and
+//     time projections and the samplers' convolutions (models::adaptable_layers).
 // Refused with the file and the key: keys of another component (text_encoder.*), keys that
-// name no module of the UNet or another projection, missing halves, mixed ranks, shapes that
-// do not fit the module.
+// name no adaptable layer of the UNet, missing halves, mixed ranks, shapes that do not fit
+// the layer.
 #pragma once
 
 #include <filesystem>

@@ -12,24 +12,11 @@
 namespace lisadiff::train {
 namespace {
 
-const char* const kSlots[] = {"to_q", "to_k", "to_v", "to_out.0"};
-
-std::shared_ptr<models::LinearAdapter>& slot_of(models::AttentionImpl& a, int slot) {
-  switch (slot) {
-    case 0: return a.lora_q;
-    case 1: return a.lora_k;
-    case 2: return a.lora_v;
-    default: return a.lora_out;
-  }
-}
-
-torch::nn::Linear& base_of(models::AttentionImpl& a, int slot) {
-  switch (slot) {
-    case 0: return a.to_q;
-    case 1: return a.to_k;
-    case 2: return a.to_v;
-    default: return a.out_proj;
-  }
+// peft's match of a target_modules entry: the module path itself or a dotted suffix of it.
+bool matches(const std::string& name, const std::string& target) {
+  return name == target ||
+         (name.size() > target.size() && name.compare(name.size() - target.size(), target.size(), target) == 0 &&
+          name[name.size() - target.size() - 1] == '.');
 }
 
 }  // namespace
@@ -39,68 +26,91 @@ Lora::Lora(torch::nn::Module& model, LoraOptions options) : options_(std::move(o
   if (options_.init != "kaiming" && options_.init != "gaussian") {
     throw Error("LoRA init '" + options_.init + "' is not supported (known: kaiming, gaussian)");
   }
-  std::vector<bool> wanted(4, false);
-  for (const auto& t : options_.target_modules) {
-    const auto it = std::find(std::begin(kSlots), std::end(kSlots), t);
-    if (it == std::end(kSlots)) {
-      throw Error("LoRA target module '" + t + "' is not supported (supported: to_q, to_k, to_v, to_out.0)");
-    }
-    wanted[static_cast<std::size_t>(it - std::begin(kSlots))] = true;
-  }
+  if (options_.target_modules.empty()) throw Error("LoRA: no target modules");
   const double alpha = options_.alpha < 0 ? static_cast<double>(options_.rank) : options_.alpha;
   scale_ = alpha / static_cast<double>(options_.rank);
-  for (auto& p : model.parameters()) p.set_requires_grad(false);
 
   torch::NoGradGuard no_grad;
-  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    auto attention = std::dynamic_pointer_cast<models::AttentionImpl>(item.value());
-    if (!attention) continue;
-    for (int slot = 0; slot < 4; ++slot) {
-      if (!wanted[static_cast<std::size_t>(slot)]) continue;
-      auto& base = base_of(*attention, slot);
-      const int64_t in = base->weight.size(1), out = base->weight.size(0);
-      // peft builds lora_A = Linear(in, r) and lora_B = Linear(r, out) (default init draws
-      // from the generator), then re-initialises them: the same draws, in the same order.
-      torch::nn::Linear a(torch::nn::LinearOptions(in, options_.rank).bias(false));
-      torch::nn::Linear b(torch::nn::LinearOptions(options_.rank, out).bias(false));
-      if (options_.init == "kaiming") {
-        torch::nn::init::kaiming_uniform_(a->weight, std::sqrt(5.0));
-      } else {
-        a->weight.normal_(0.0, 1.0 / static_cast<double>(options_.rank));
-      }
-      b->weight.zero_();
-      auto adapter = std::make_shared<models::LinearAdapter>();
-      const auto device = base->weight.device();
-      adapter->A = a->weight.detach().to(device, torch::kFloat32).requires_grad_(true);
-      adapter->B = b->weight.detach().to(device, torch::kFloat32).requires_grad_(true);
-      adapter->scale = scale_;
-      adapter->dropout = options_.dropout;
-      if (slot_of(*attention, slot)) throw Error("LoRA: '" + item.key() + "' already has an adapter");
-      slot_of(*attention, slot) = adapter;
-      attached_.push_back({attention, slot, adapter});
-      const std::string name = item.key() + "." + kSlots[slot];
-      params_.emplace_back(name + ".lora_A.weight", adapter->A);
-      params_.emplace_back(name + ".lora_B.weight", adapter->B);
+  // The layers to adapt, checked before anything is attached (a refused model stays as it was).
+  std::vector<bool> used(options_.target_modules.size(), false);
+  std::vector<models::AdaptableLayer> chosen;
+  for (auto& layer : models::adaptable_layers(model)) {
+    bool wanted = false;
+    for (std::size_t i = 0; i < options_.target_modules.size(); ++i) {
+      if (matches(layer.name, options_.target_modules[i])) wanted = used[i] = true;
+    }
+    if (!wanted) continue;
+    if (*layer.slot) throw Error("LoRA: '" + layer.name + "' already has an adapter");
+    chosen.push_back(std::move(layer));
+  }
+  for (std::size_t i = 0; i < used.size(); ++i) {
+    if (!used[i]) {
+      throw Error("LoRA target module '" + options_.target_modules[i] +
+                  "' matches no layer of the model that LoRA can adapt (attention projections, proj_in/proj_out, "
+                  "ff.net.0.proj/ff.net.2, the resnets' conv1/conv2/conv_shortcut/time_emb_proj, the samplers' conv)");
     }
   }
-  if (attached_.empty()) throw Error("LoRA: the model has no attention projections to adapt");
-  adapter_count_ = params_.size();
   for (const auto& module : options_.modules_to_save) {
     bool found = false;
+    for (const auto& item : model.named_parameters(/*recurse=*/true)) found = found || item.key().rfind(module + ".", 0) == 0;
+    if (!found) throw Error("LoRA: modules_to_save '" + module + "' names no module of the model");
+  }
+  for (auto& p : model.parameters()) p.set_requires_grad(false);
+  for (auto& layer : chosen) {
+    const auto& w = layer.weight;
+    const int64_t out = w.size(0), in = w.size(1);
+    // peft builds lora_A and lora_B as layers of the base's kind (their default init draws
+    // from the generator), then re-initialises them: the same draws, in the same order.
+    torch::Tensor a, b;
+    if (w.dim() == 4) {
+      torch::nn::Conv2d ca(torch::nn::Conv2dOptions(in, options_.rank, {w.size(2), w.size(3)})
+                               .stride(torch::ExpandingArray<2>(layer.stride))
+                               .padding(torch::ExpandingArray<2>(layer.padding))
+                               .bias(false));
+      torch::nn::Conv2d cb(torch::nn::Conv2dOptions(options_.rank, out, 1).bias(false));
+      a = ca->weight;
+      b = cb->weight;
+    } else {
+      torch::nn::Linear la(torch::nn::LinearOptions(in, options_.rank).bias(false));
+      torch::nn::Linear lb(torch::nn::LinearOptions(options_.rank, out).bias(false));
+      a = la->weight;
+      b = lb->weight;
+    }
+    if (options_.init == "kaiming") {
+      torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
+    } else {
+      a.normal_(0.0, 1.0 / static_cast<double>(options_.rank));
+    }
+    b.zero_();
+    auto adapter = std::make_shared<models::LoraAdapter>();
+    const auto device = w.device();
+    adapter->A = a.detach().to(device, torch::kFloat32).requires_grad_(true);
+    adapter->B = b.detach().to(device, torch::kFloat32).requires_grad_(true);
+    if (w.dim() == 4) {
+      adapter->stride = layer.stride;
+      adapter->padding = layer.padding;
+    }
+    adapter->scale = scale_;
+    adapter->dropout = options_.dropout;
+    *layer.slot = adapter;
+    params_.emplace_back(layer.name + ".lora_A.weight", adapter->A);
+    params_.emplace_back(layer.name + ".lora_B.weight", adapter->B);
+    attached_.push_back({std::move(layer), adapter});
+  }
+  adapter_count_ = params_.size();
+  for (const auto& module : options_.modules_to_save) {
     for (const auto& item : model.named_parameters(/*recurse=*/true)) {
       if (item.key().rfind(module + ".", 0) != 0) continue;
-      found = true;
       item.value().set_requires_grad(true);
       params_.emplace_back(item.key(), item.value());
     }
-    if (!found) throw Error("LoRA: modules_to_save '" + module + "' names no module of the model");
   }
   spdlog::info("LoRA: {} adapters of rank {} (scale {}), {} parameters", attached_.size(), options_.rank, scale_,
                parameter_count());
 }
 
 Lora::~Lora() {
-  for (auto& a : attached_) slot_of(*a.attention, a.slot).reset();
+  for (auto& a : attached_) a.layer.slot->reset();
 }
 
 int64_t Lora::parameter_count() const {
@@ -134,10 +144,11 @@ std::vector<std::pair<std::string, torch::Tensor>> Lora::merged(
   torch::NoGradGuard no_grad;
   auto out = params;
   for (const auto& a : attached_) {
-    const auto& weight = base_of(*a.attention, a.slot)->weight;
+    const auto& weight = a.layer.weight;
     for (auto& [name, t] : out) {
       if (!t.is_same(weight)) continue;
-      const auto delta = a.adapter->B.mm(a.adapter->A) * a.adapter->scale;
+      // Conv2d: B is 1x1, so B * A is the matrix product over the flattened kernels.
+      const auto delta = a.adapter->B.flatten(1).mm(a.adapter->A.flatten(1)).view(weight.sizes()) * a.adapter->scale;
       t = (t.to(torch::kFloat32) + delta.to(t.device())).to(t.scalar_type());
     }
   }

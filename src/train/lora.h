@@ -1,6 +1,6 @@
-// LoRA, the baseline LISA is compared against: low-rank adapters on the attention
-// projections of a model (peft's LoraConfig semantics: rank r, lora_alpha, target_modules,
-// init_lora_weights), trained by the same fused optimizer, saved as diffusers'
+// LoRA, the baseline LISA is compared against: low-rank adapters on Linear and Conv2d layers
+// of a model (peft's LoraConfig semantics: rank r, lora_alpha, target_modules,
+// init_lora_weights, lora_dropout), trained by the same fused optimizer, saved as diffusers'
 // `pytorch_lora_weights.safetensors` that `load_lora_weights` accepts.
 #pragma once
 
@@ -18,7 +18,11 @@ namespace lisadiff::train {
 struct LoraOptions {
   int64_t rank = 4;
   double alpha = -1;  // lora_alpha; < 0 means alpha = rank (scale 1), as the diffusers scripts set it
-  // Suffixes of the adapted Linear modules. Supported: to_q, to_k, to_v, to_out.0.
+  // The adapted layers, as peft matches target_modules: a layer whose module path equals an
+  // entry or ends with "." + entry. Layers that can be adapted: models::adaptable_layers
+  // (attention projections to_q, to_k, to_v, to_out.0; proj_in, proj_out; ff.net.0.proj,
+  // ff.net.2; the resnets' conv1, conv2, conv_shortcut, time_emb_proj; downsamplers.0.conv,
+  // upsamplers.0.conv). Every entry must match at least one of them.
   std::vector<std::string> target_modules = {"to_q", "to_k", "to_v", "to_out.0"};
   // "kaiming": peft's default (A ~ kaiming_uniform(a = sqrt 5)); "gaussian": A ~ N(0, 1/rank)
   // (the Diffusion-DPO script's choice). B = 0 either way, so training starts from the base.
@@ -32,10 +36,11 @@ struct LoraOptions {
 
 class Lora {
  public:
-  // Attaches adapters to every attention module of `model` whose projections match the
-  // targets, in named_modules order, drawing the initial values from the default generator
-  // in peft's order (so the same seed gives peft's adapters). The model's own parameters
-  // are frozen (requires_grad = false); the adapters are fp32 on the model's device.
+  // Attaches adapters to every adaptable layer of `model` that matches a target, in
+  // named_modules order, drawing the initial values from the default generator in peft's
+  // order (so the same seed gives peft's adapters). The model's own parameters are frozen
+  // (requires_grad = false); the adapters are fp32 on the model's device. Throws
+  // lisadiff::Error for a target that matches no adaptable layer.
   Lora(torch::nn::Module& model, LoraOptions options);
   ~Lora();  // detaches the adapters
   Lora(const Lora&) = delete;
@@ -73,12 +78,10 @@ class Lora {
   double scale_ = 1.0;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::size_t adapter_count_ = 0;  // params_[0, adapter_count_) are adapters, the rest modules
-  // Each adapter and the attention module slot it is attached to (0 to_q, 1 to_k, 2 to_v,
-  // 3 to_out.0).
+  // Each adapter and the layer it is attached to.
   struct Attached {
-    std::shared_ptr<models::AttentionImpl> attention;
-    int slot;
-    std::shared_ptr<models::LinearAdapter> adapter;
+    models::AdaptableLayer layer;
+    models::AdapterSlot adapter;
   };
   std::vector<Attached> attached_;
 };

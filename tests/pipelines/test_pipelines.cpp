@@ -206,7 +206,7 @@ TEST(Pipelines, LoraFilesThatDoNotFitAreRefused) {
   renamed[0].first = "unet.down_blocks.7.attentions.0.transformer_blocks.0.attn1.to_k.lora.down.weight";
   renamed[1].first = "unet.down_blocks.7.attentions.0.transformer_blocks.0.attn1.to_k.lora.up.weight";
   EXPECT_THROW_WITH(pipelines::apply_lora(comps, write("nomodule.safetensors", renamed)), "nomodule.safetensors",
-                    "down_blocks.7", "names no attention projection");
+                    "down_blocks.7", "names no layer of the UNet that LoRA can adapt");
   EXPECT_FALSE(comps.lora);
   io::NamedTensors reshaped = good;
   reshaped[0].second = torch::zeros({2, 5});

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <iostream>
+#include <map>
 
 #include "io/safetensors.h"
 #include "models/unet.h"
@@ -116,8 +117,10 @@ TEST(Lora, TrainingMatchesPeftAndDiffusersLoadsTheFile) {
 TEST(Lora, BadInput) {
   auto unet = models::load_unet(micro_unet());
   train::LoraOptions lo;
-  lo.target_modules = {"to_q", "proj_in"};
-  EXPECT_THROW_WITH(train::Lora(*unet, lo), "LoRA target module 'proj_in' is not supported");
+  lo.target_modules = {"to_q", "norm1"};
+  EXPECT_THROW_WITH(train::Lora(*unet, lo), "LoRA target module 'norm1' matches no layer of the model that LoRA can adapt");
+  lo.target_modules = {"o_q"};  // a suffix, not a dotted one
+  EXPECT_THROW_WITH(train::Lora(*unet, lo), "'o_q' matches no layer");
   lo = {};
   lo.rank = 0;
   EXPECT_THROW_WITH(train::Lora(*unet, lo), "LoRA rank must be positive");
@@ -135,14 +138,28 @@ TEST(Lora, BadInput) {
 // modules_to_save (peft's): the named modules train in full next to the adapters, are saved
 // apart from the LoRA file and loaded back; merged() gives plain weights that compute what the
 // adapted model computes.
-TEST(Lora, ModulesToSaveAndMergedWeights) {
+// Adapters on Linear and Conv2d layers (the LCM-LoRA script's kinds of targets), with
+// modules_to_save: saved and loaded back, and merged weights that compute what the adapted
+// model computes.
+TEST(Lora, ConvAdaptersModulesToSaveAndMergedWeights) {
   auto unet = models::load_unet(micro_unet());
   train::LoraOptions lo;
   lo.rank = 2;
   lo.alpha = 4;  // scale 2
+  lo.target_modules = {"to_q", "proj_in", "ff.net.2", "conv1", "conv_shortcut", "downsamplers.0.conv",
+                       "upsamplers.0.conv", "time_emb_proj"};
   lo.modules_to_save = {"conv_in"};
   train::Lora lora(*unet, lo);
   const auto& params = lora.parameters();
+  // One adapter per matching layer, in named_modules order, convolutions with 4-D halves.
+  EXPECT_EQ(params.front().first, "down_blocks.0.resnets.0.conv1.lora_A.weight");
+  const std::map<std::string, torch::Tensor> by_name(params.begin(), params.end());
+  EXPECT_EQ(by_name.at("down_blocks.0.downsamplers.0.conv.lora_A.weight").sizes(), (std::vector<int64_t>{2, 4, 3, 3}));
+  EXPECT_EQ(by_name.at("down_blocks.0.downsamplers.0.conv.lora_B.weight").sizes(), (std::vector<int64_t>{4, 2, 1, 1}));
+  EXPECT_EQ(by_name.at("down_blocks.1.attentions.0.proj_in.lora_A.weight").dim(), 4);  // a 1x1 conv in SD1.5
+  EXPECT_TRUE(by_name.count("up_blocks.0.upsamplers.0.conv.lora_B.weight"));
+  EXPECT_TRUE(by_name.count("mid_block.resnets.0.time_emb_proj.lora_A.weight"));
+  EXPECT_FALSE(by_name.count("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight"));
   ASSERT_EQ(params[params.size() - 2].first, "conv_in.weight");
   EXPECT_EQ(params.back().first, "conv_in.bias");
   EXPECT_TRUE(unet->conv_in->weight.requires_grad());
