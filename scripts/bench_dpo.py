@@ -20,16 +20,14 @@ sigmoid loss, no accumulation, float32.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import run_child_memory  # noqa: E402
+from benchlib import compare_methods  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,38 +54,21 @@ def main() -> None:
         subprocess.run([f"{args.bin}/lisadiff", "--log-level", "warn", "make-dataset", "--kind", "dpo", "--format",
                         "folder", "--n", str(args.batch * args.steps), "--size", str(args.resolution), "--out",
                         str(data), "--overwrite"], check=True)
-    rows = []
-    gib = lambda b: f"{b / 2**30:.2f}"
-    for method in args.methods.split():
-        res = {"cpp": [], "python": []}
-        for rep in range(args.repeats):
-            run = out / f"{method}.cpp.{rep}"
-            cmd = [f"{args.bin}/diffusion_dpo", "--pretrained_model_name_or_path", args.pipeline, "--dataset_name",
-                   str(data), "--resolution", str(args.resolution), "--train_batch_size", str(args.batch),
-                   "--max_train_steps", str(args.steps), "--checkpointing_steps", "1000000", "--report_to", "none",
-                   "--learning_rate", "5e-5", "--seed", "0", "--method", method, "--lisa_rate", "0.25",
-                   "--lisa_interval", "1000000", "--rank", "4", "--no_hflip", "--output_dir", str(run)] + extra
-            print(f"[bench] {method} C++ {rep + 1}/{args.repeats}", file=sys.stderr)
-            subprocess.run(["rm", "-rf", str(run)], check=True)
-            wall, rss, anon = run_child_memory(cmd, out / f"{method}.cpp.{rep}.log")
-            metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-            times = [m["step_time"] for m in metrics if "step_time" in m]
-            res["cpp"].append({"step": statistics.median(times[1:]), "rss": rss, "anon": anon, "wall": wall})
-            print(f"[bench] {method} Python {rep + 1}/{args.repeats}", file=sys.stderr)
-            js = out / f"{method}.python.{rep}.json"
-            cmd = [sys.executable, str(ROOT / "scripts/dpo_reference.py"), "--pipeline", args.pipeline, "--bench", method,
-                   "--steps", str(args.steps), "--batch", str(args.batch), "--resolution", str(args.resolution),
-                   "--json", str(js)]
-            wall, rss, anon = run_child_memory(cmd, out / f"{method}.python.{rep}.log")
-            r = json.loads(js.read_text())
-            res["python"].append({"step": statistics.median(r["step_seconds"][1:]), "rss": rss, "anon": anon,
-                                  "wall": wall})
-        med = lambda side, k: statistics.median(x[k] for x in res[side])
-        cs, ps = med("cpp", "step"), med("python", "step")
-        cr, pr, ca, pa = med("cpp", "rss"), med("python", "rss"), med("cpp", "anon"), med("python", "anon")
-        rows.append(f"| {args.label or Path(args.pipeline).name} | {method} | {args.resolution} | {args.batch} | "
-                    f"{cs:.3g} | {ps:.3g} | {cs / ps:.2f} | {gib(cr)} | {gib(pr)} | {cr / pr:.2f} | "
-                    f"{gib(ca)} | {gib(pa)} | {ca / pa:.2f} |")
+
+    def cpp_cmd(method, run):
+        return [f"{args.bin}/diffusion_dpo", "--pretrained_model_name_or_path", args.pipeline, "--dataset_name",
+                str(data), "--resolution", str(args.resolution), "--train_batch_size", str(args.batch),
+                "--max_train_steps", str(args.steps), "--checkpointing_steps", "1000000", "--report_to", "none",
+                "--learning_rate", "5e-5", "--seed", "0", "--method", method, "--lisa_rate", "0.25",
+                "--lisa_interval", "1000000", "--rank", "4", "--no_hflip", "--output_dir", str(run)] + extra
+
+    def py_cmd(method, js):
+        return [sys.executable, str(ROOT / "scripts/dpo_reference.py"), "--pipeline", args.pipeline, "--bench", method,
+                "--steps", str(args.steps), "--batch", str(args.batch), "--resolution", str(args.resolution),
+                "--json", str(js)]
+
+    rows = compare_methods(args.methods.split(), args.repeats, out, cpp_cmd, py_cmd,
+                           args.label or Path(args.pipeline).name, args.resolution, args.batch)
     print("| pipeline | method | px | pairs | C++ s/step | Python s/step | ratio | C++ peak RSS GiB | Python | ratio | "
           "C++ peak anon GiB | Python | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

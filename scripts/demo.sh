@@ -6,7 +6,8 @@
 # shards, text-to-image as an image folder), and ends with a captioned grid of images that
 # `lisadiff generate` makes with the tiny pipeline, after a short InstructPix2Pix LISA run of the
 # tiny pipeline on synthetic edits and an edit made with its result, and a short Diffusion-DPO
-# LISA run on the synthetic preference pairs with the plot of its metrics.
+# LISA run on the synthetic preference pairs with the plot of its metrics, and a short LCM-LISA
+# distillation of the tiny pipeline on synthetic text-to-image shards, sampled in 4 steps.
 # LISADIFF_DEMO_SD15=0 skips the SD1.5-size pipeline. Later issues grow this into a LISA run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,6 +65,23 @@ rm -rf "$out/dpo-lisa"
   --seed 0 --method lisa --lisa_rate 0.25 --lisa_interval 5 --output_dir "$out/dpo-lisa"
 "$lisadiff" plot "$out/dpo-lisa" --out "$out/dpo-lisa/metrics.png"
 echo "[demo] the run: $out/dpo-lisa (pipeline, checkpoints, metrics.png)"
+
+# The third recipe: latent consistency distillation of the tiny pipeline with LISA on
+# text-to-image webdataset shards (the student gets a guidance-scale embedding; the target
+# follows it by EMA), then 4-step LCM sampling with the student, and the metrics' plot.
+echo "[demo] lisadiff make-dataset --kind t2i --format wds --n 64 --size 128 --out $out/shapes-t2i-wds"
+"$lisadiff" make-dataset --kind t2i --format wds --n 64 --size 128 --seed 0 --out "$out/shapes-t2i-wds" --overwrite
+echo "[demo] lcm_distill --method lisa: 30 steps of the tiny pipeline on it -> $out/lcm-lisa"
+rm -rf "$out/lcm-lisa"
+"$BUILD/apps/lcm_distill" --pretrained_teacher_model "$out/tiny-sd" \
+  --train_shards_path_or_url "$out/shapes-t2i-wds/00000.tar" --resolution 64 --train_batch_size 4 \
+  --max_train_steps 30 --checkpointing_steps 15 --validation_steps 15 --learning_rate 1e-4 --loss_type huber \
+  --seed 0 --method lisa --lisa_rate 0.25 --lisa_interval 3 --output_dir "$out/lcm-lisa"
+echo "[demo] lisadiff generate $out/tiny-sd --unet $out/lcm-lisa/unet --scheduler lcm --steps 4 --prompt 'a red circle'"
+"$lisadiff" generate "$out/tiny-sd" --unet "$out/lcm-lisa/unet" --scheduler lcm --steps 4 --prompt "a red circle" \
+  --seed 0 --out "$out/lcm-generated" --overwrite
+"$lisadiff" plot "$out/lcm-lisa" --out "$out/lcm-lisa/metrics.png"
+echo "[demo] the run: $out/lcm-lisa (unet/, unet_target/, checkpoints, validation/, metrics.png); 4-step images: $out/lcm-generated"
 
 # Last: pictures. The tiny pipeline has random weights, so its images are structured noise
 # until a recipe trains it; the grid shows the pipeline, the captions and the seeds.

@@ -372,11 +372,11 @@ void run_lcm_distill(const ParsedArgs& parsed) {
   config::FieldReader reader(values, source);
   const auto settings = read_settings(reader);
   check_resolution(values);
-  auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kT2i);
-  data_options.read(reader);  // validates too
-  if (data_options.train_shards.empty() && data_options.train_data_dir.empty()) {
+  if (!values.at("train_shards_path_or_url").is_string()) {
     throw UsageError("--train_shards_path_or_url is required: the webdataset shards to distil on");
   }
+  auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kT2i);
+  data_options.read(reader);  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
   data::DataLoader loader(data_options);
   if (values.at("max_train_steps").is_null() && values.at("max_train_samples").is_null()) {
@@ -418,14 +418,15 @@ void run_lcm_distill(const ParsedArgs& parsed) {
   // The script seeds everything first; lisadiff seeds right before the models whose
   // initialisation draws: the student's new cond_proj (and the target's constructor), or the
   // LoRA adapters.
-  torch::manual_seed(static_cast<uint64_t>(settings.seed));
   models::UNet2DConditionModel unet{nullptr}, target{nullptr};
   if (lora) {
     models::LoadOptions trained;
     trained.device = device;
     trained.map_file = device.is_cpu();  // the base weights stay frozen: views of the file
     unet = models::load_unet(teacher_dir, trained, settings.variant);
+    torch::manual_seed(static_cast<uint64_t>(settings.seed));  // the Trainer attaches the adapters
   } else {
+    torch::manual_seed(static_cast<uint64_t>(settings.seed));
     unet = load_lcm_student(teacher_dir, settings.unet_time_cond_proj_dim, device, settings.variant);
     target = copy_unet(unet);
   }
