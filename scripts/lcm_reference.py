@@ -31,10 +31,9 @@ the same seed), so that the test can check that the same seed gives the same ini
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -44,8 +43,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.optimization import get_scheduler  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reflib import Lisa, latent_size, reference_args, write_bench  # noqa: E402
 
 LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                     "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
@@ -107,8 +109,7 @@ class Ddim:
 def bench_inputs(args):
     """Settings and seeded random inputs of the benchmark (the script's defaults otherwise)."""
     g = torch.Generator().manual_seed(0)
-    vae_cfg = json.loads((Path(args.pipeline) / "vae/config.json").read_text())
-    h = args.resolution // 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    h = latent_size(args.pipeline, args.resolution)
     inputs = {}
     b, r = args.batch, args.resolution
     for i in range(args.steps):
@@ -127,21 +128,7 @@ def bench_inputs(args):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", required=True)
-    p.add_argument("--inputs")
-    p.add_argument("--out")
-    p.add_argument("--bench", choices=["lora", "lisa", "full"])
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--json")
-    args = p.parse_args()
-    if args.bench:
-        s, inputs = bench_inputs(args)
-    else:
-        s = json.loads((Path(args.inputs) / "settings.json").read_text())
-        inputs = load_file(str(Path(args.inputs) / "inputs.safetensors"))
+    args, s, inputs = reference_args(__doc__, bench_inputs)
     base = args.pipeline
     method = s["method"]
     seeded_init = {}
@@ -201,18 +188,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(trained, lr=s["learning_rate"], **hyper)
     lr_scheduler = get_scheduler(s["lr_scheduler"], optimizer=optimizer, num_warmup_steps=s["lr_warmup_steps"],
                                  num_training_steps=s["steps"])
-    # LISA (lisadiff's semantics, docs/training.md), as scripts/dpo_reference.py: per optimizer
-    # step the recorded set trains, each active tensor with its own AdamW that starts when it is
-    # activated and is dropped when it is frozen again, clipped alone, at the schedule's lr.
-    lisa = method == "lisa"
-    params = dict(unet.named_parameters())
-    per_tensor: dict[str, torch.optim.AdamW] = {}
-    if args.bench and lisa:
-        names = list(params)
-        g = torch.Generator().manual_seed(0)
-        n = int((len(names) - 2) * 0.25)
-        drawn = torch.randperm(len(names) - 2, generator=g)[:n] + 1
-        s["sets"] = [[names[0], names[-1]] + [names[i] for i in drawn.tolist()]] * s["steps"]
+    lisa = None
+    if method == "lisa":
+        sets = Lisa.bench_sets(unet, None, s["steps"]) if args.bench else s["sets"]
+        lisa = Lisa(unet, sets, s["learning_rate"], hyper)
 
     uncond_ids = tokenizer([""] * len(s["texts"][0]), max_length=tokenizer.model_max_length, padding="max_length",
                            return_tensors="pt").input_ids
@@ -226,13 +205,7 @@ def main() -> None:
     for step in range(s["steps"]):
         t0 = time.perf_counter()
         if lisa:
-            active = set(s["sets"][step])
-            for name, param in params.items():
-                param.requires_grad_(name in active)
-            per_tensor = {n: o for n, o in per_tensor.items() if n in active}
-            for n in active:
-                if n not in per_tensor:
-                    per_tensor[n] = torch.optim.AdamW([params[n]], lr=s["learning_rate"], **hyper)
+            lisa.begin_step(step)
         for k in range(A):
             i = step * A + k
             with torch.no_grad():
@@ -274,12 +247,7 @@ def main() -> None:
             losses.append(loss.item())
             (loss / A).backward()
         if lisa:
-            lr = lr_scheduler.get_last_lr()[0]
-            for n, opt in per_tensor.items():
-                torch.nn.utils.clip_grad_norm_([params[n]], s["max_grad_norm"])
-                opt.param_groups[0]["lr"] = lr
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            lisa.finish_step(lr_scheduler.get_last_lr()[0], s["max_grad_norm"])
         else:
             torch.nn.utils.clip_grad_norm_(trained, s["max_grad_norm"])
             optimizer.step()
@@ -294,8 +262,7 @@ def main() -> None:
         step_seconds.append(time.perf_counter() - t0)
 
     if args.bench:
-        Path(args.json).write_text(json.dumps({"step_seconds": step_seconds, "losses": losses,
-                                               "threads": torch.get_num_threads(), "torch": torch.__version__}))
+        write_bench(args.json, step_seconds, losses)
         return
     out = {"losses": torch.tensor(losses, dtype=torch.float64)}
     for name, value in seeded_init.items():

@@ -199,9 +199,13 @@ train::MicroResult lcm_distill_step(LcmDistillModels& m, const data::Batch& batc
       } else {
         off.emplace(m.device);
       }
-      const auto teacher_in = noisy.to(m.weight_dtype);
-      const auto uncond = m.uncond_embeds.slice(0, 0, bsz).to(m.weight_dtype);
-      const auto cond_out = m.teacher->forward(teacher_in, start_t, embeds.to(m.weight_dtype));
+      // The script feeds the teacher in the weight dtype under autocast; without autocast it
+      // gets its own weights' dtype.
+      const auto teacher_dtype =
+          m.teacher_autocast ? m.weight_dtype : m.teacher->parameters().front().scalar_type();
+      const auto teacher_in = noisy.to(teacher_dtype);
+      const auto uncond = m.uncond_embeds.slice(0, 0, bsz).to(teacher_dtype);
+      const auto cond_out = m.teacher->forward(teacher_in, start_t, embeds.to(teacher_dtype));
       const auto cond_x0 = schedulers::lcm_predicted_original_sample(cond_out, start_t, noisy, ptype, m.schedules);
       const auto cond_eps = schedulers::lcm_predicted_noise(cond_out, start_t, noisy, ptype, m.schedules);
       const auto uncond_out = m.teacher->forward(teacher_in, start_t, uncond);

@@ -8,6 +8,7 @@
 #include <set>
 
 #include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -367,6 +368,10 @@ int run_main(const FlagTable& table, int argc, const char* const* argv, const st
   } catch (const UsageError& e) {
     spdlog::error("{}", e.what());
     return exit_code::kUsage;
+  } catch (const c10::Error& e) {
+    // A failure inside PyTorch: its message, without the C++ stack trace what() carries.
+    spdlog::error("{}", e.what_without_backtrace());
+    return exit_code::kError;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return exit_code::kError;

@@ -4,6 +4,8 @@
 // and its refusals.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "io/safetensors.h"
 #include "models/state.h"
 #include "recipes/lcm_distill.h"
@@ -212,6 +214,31 @@ TEST(LcmDistillApp, AKilledRunResumesToTheStraightRunsResult) {
     return lines.back().at("loss");
   };
   EXPECT_EQ(last_loss(killed / "metrics.jsonl"), last_loss(tmp / "straight" / "metrics.jsonl"));
+}
+
+// bf16 mixed precision on a CPU: the teacher stored in the weight dtype (--cast_teacher_unet)
+// or in float32 under the script's autocast or without it, LISA's and LoRA's frozen tensors
+// in bf16; the trained weights stay float32 and the losses finite.
+TEST(LcmDistillApp, MixedPrecisionRuns) {
+  TempDir tmp;
+  const auto data = make_shards(tmp / "data", 4);
+  int n = 0;
+  for (const std::string flags : {"--cast_teacher_unet --frozen_dtype bf16", "--method full --teacher_autocast no",
+                                  "--method lora --lora_rank 2 --frozen_dtype bf16"}) {
+    const auto out = tmp / std::to_string(n++);
+    const auto [rc, log] = testing::run_command(
+        app() + " --pretrained_teacher_model " + micro_sd().string() + " --train_shards_path_or_url " +
+        (data / "00000.tar").string() + " --resolution 32 --train_batch_size 2 --max_train_steps 2 --seed 0"
+        " --mixed_precision bf16 " + flags + " --output_dir " + out.string() + " 2>&1");
+    ASSERT_EQ(rc, 0) << flags << "\n" << log;
+    for (const auto& line : testing::read_jsonl(out / "metrics.jsonl")) {
+      if (line.contains("loss")) EXPECT_TRUE(std::isfinite(line.at("loss").get<double>())) << flags;
+    }
+    if (flags.find("lora") == std::string::npos) {
+      const io::SafetensorsReader unet(out / "unet/diffusion_pytorch_model.safetensors");
+      EXPECT_EQ(unet.tensor("conv_in.weight").scalar_type(), torch::kFloat32) << flags;
+    }
+  }
 }
 
 // The config file holds the flags' keys; the command line overrides it.
