@@ -49,6 +49,14 @@ if(NOT LISADIFF_STB_INCLUDE)
   message(FATAL_ERROR "stb headers (stb/stb_image_write.h) not found: run scripts/setup.sh (Debian libstb-dev)")
 endif()
 
+# Gloo's headers (Debian's libgloo-dev), for the declarations of c10d's ProcessGroupGloo in
+# src/train/distributed.cpp: the Gloo that runs is the one inside libtorch_cpu, nothing links
+# Debian's library. Multi-process training on CPU (lisadiff launch) needs them.
+find_path(LISADIFF_GLOO_INCLUDE gloo/rendezvous/store.h)
+if(NOT LISADIFF_GLOO_INCLUDE)
+  message(FATAL_ERROR "Gloo headers (gloo/rendezvous/store.h) not found: run scripts/setup.sh (Debian libgloo-dev)")
+endif()
+
 # Image codecs and tar shards for the data pipeline (src/data/): libjpeg-turbo decodes JPEG
 # with the settings PIL uses (so pixels match the Python scripts), libwebp decodes WebP,
 # libarchive reads and writes webdataset tar shards (stb handles PNG and the rest), libpng

@@ -34,7 +34,7 @@ APT_PACKAGES=(
   libjpeg62-turbo-dev libwebp-dev libpng-dev
   libcairo2-dev libfreetype-dev fonts-dejavu-core
   libre2-dev libutf8proc-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libprotobuf-dev protobuf-compiler libboost-dev
+  libprotobuf-dev protobuf-compiler libboost-dev libgloo-dev
 )
 
 say() { printf '[setup] %s\n' "$*"; }

@@ -15,5 +15,6 @@ CommandRunner add_init_pipeline(CLI::App& app);
 CommandRunner add_plot(CLI::App& app);
 CommandRunner add_make_dataset(CLI::App& app);
 CommandRunner add_generate(CLI::App& app);
+CommandRunner add_launch(CLI::App& app);
 
 }  // namespace lisadiff::cli

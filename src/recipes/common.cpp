@@ -1,7 +1,10 @@
 #include "recipes/common.h"
 
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 
 #include "io/atomic_file.h"
 #include "recipes/options.h"
@@ -67,9 +70,27 @@ models::LoadOptions frozen_load_options(torch::ScalarType dtype, torch::Device d
 }
 
 torch::Device training_device(bool allow_tf32) {
-  const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-  if (allow_tf32 && device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
+  if (!torch::cuda::is_available()) return torch::kCPU;
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(train::DistEnv::from_environment().local_rank % count));
+  c10::impl::VirtualGuardImpl(device.type()).setDevice(device);  // the current device of this process
+  if (allow_tf32) at::globalContext().setAllowTF32CuBLAS(true);
   return device;
+}
+
+DistributedRun join_process_group(data::DataOptions& data, torch::Device device) {
+  DistributedRun run;
+  run.env = train::DistEnv::from_environment();
+  data.rank = run.env.rank;
+  data.world_size = run.env.world_size;
+  if (!run.env.distributed()) return run;
+  run.group = train::ProcessGroup::create(run.env, device);
+  spdlog::info("{} processes, data-parallel training on {} (rank {} here)", run.env.world_size, device.str(),
+               run.env.rank);
+  // As accelerate's logger: information from the main process only; warnings and errors
+  // from every rank.
+  if (run.env.rank > 0 && spdlog::get_level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
+  return run;
 }
 
 CommonSettings read_common_settings(config::FieldReader& r, const std::string& base_flag) {

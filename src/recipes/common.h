@@ -57,9 +57,19 @@ torch::ScalarType weight_dtype_of(train::MixedPrecision precision);
 // as diffusers' safetensors loading leaves frozen weights file-backed.
 models::LoadOptions frozen_load_options(torch::ScalarType dtype, torch::Device device);
 
-// The device a recipe trains on: the current CUDA device when there is one, else the CPU;
-// with allow_tf32 TF32 matmuls are switched on there.
+// The device a recipe trains on: the CUDA device of this process's LOCAL_RANK when there is
+// CUDA, else the CPU; with allow_tf32 TF32 matmuls are switched on there.
 torch::Device training_device(bool allow_tf32 = false);
+
+// A multi-process run (torchrun's environment, train/distributed.h): the process group
+// joined on `device` when WORLD_SIZE > 1, else none, and this rank's share of the data in
+// `data` (rank, world_size). Call before the models load, so that a rendezvous that fails
+// fails first.
+struct DistributedRun {
+  train::DistEnv env;
+  std::shared_ptr<train::ProcessGroup> group;  // null for one process
+};
+DistributedRun join_process_group(data::DataOptions& data, torch::Device device);
 
 // The loader's position and counters in training_state.json (part "data_loader"), so that a
 // resumed run sees the batches the uninterrupted one would have.

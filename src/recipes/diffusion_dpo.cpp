@@ -258,9 +258,12 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kDpo);
   data_options.read(reader);  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
+  const auto dist = join_process_group(data_options, device);
   data::DataLoader loader(data_options);
   derive_step_count(values, reader, loader.batches_per_epoch(), data_options.world_size);
   auto options = train::TrainerOptions::read(reader);
+  options.group = dist.group;
+  options.main_process = dist.env.rank == 0;
   finish_reading(table, reader);
   const bool lora = options.method == train::TrainMethod::kLora;
   if (lora && settings.ref_update_rate > 0) {

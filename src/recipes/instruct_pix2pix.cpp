@@ -197,9 +197,12 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kIp2p);
   data_options.read(reader);  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
+  const auto dist = join_process_group(data_options, device);
   data::DataLoader loader(data_options);
   derive_step_count(values, reader, loader.batches_per_epoch(), data_options.world_size);
   auto options = train::TrainerOptions::read(reader);
+  options.group = dist.group;
+  options.main_process = dist.env.rank == 0;
   if (options.method == train::TrainMethod::kLora &&
       std::find(options.lora.modules_to_save.begin(), options.lora.modules_to_save.end(), "conv_in") ==
           options.lora.modules_to_save.end()) {
@@ -233,17 +236,9 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
 
   train::Trainer trainer(train::trained_unet(unet), options);
   trainer.add_state(loader_state_part(loader));
-  auto dropout_generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(settings.seed));
-  train::StatePart dropout_part;
-  dropout_part.name = "conditioning_dropout_generator";
-  dropout_part.save_files = [&](const fs::path& dir) {
-    io::write_safetensors(dir / "dropout_generator.safetensors", {{"state", dropout_generator.get_state()}});
-  };
-  dropout_part.load_files = [&](const fs::path& dir) {
-    const io::SafetensorsReader r(dir / "dropout_generator.safetensors");
-    dropout_generator.set_state(r.tensor("state").clone());
-  };
-  trainer.add_state(dropout_part);
+  // Each process its own masks (rank 0's are the single-process run's).
+  auto dropout_generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(settings.seed + dist.env.rank));
+  trainer.add_state(train::generator_state_part("conditioning_dropout_generator", dropout_generator));
 
   std::optional<pipelines::Validator> validator;
   pipelines::ValidationSpec spec;

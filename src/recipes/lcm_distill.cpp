@@ -382,6 +382,7 @@ void run_lcm_distill(const ParsedArgs& parsed) {
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kT2i);
   data_options.read(reader);  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
+  const auto dist = join_process_group(data_options, device);
   data::DataLoader loader(data_options);
   if (values.at("max_train_steps").is_null() && values.at("max_train_samples").is_null()) {
     throw UsageError("--max_train_steps or --max_train_samples is required: the script's epoch is max_train_samples "
@@ -390,6 +391,8 @@ void run_lcm_distill(const ParsedArgs& parsed) {
   const int64_t nominal = nominal_batches_per_epoch(values, data_options.world_size);
   derive_step_count(values, reader, nominal >= 0 ? nominal : loader.batches_per_epoch(), data_options.world_size);
   auto options = train::TrainerOptions::read(reader);
+  options.group = dist.group;
+  options.main_process = dist.env.rank == 0;
   finish_reading(table, reader);
   options.lora.dropout = settings.lora_dropout;
   const bool lora = options.method == train::TrainMethod::kLora;

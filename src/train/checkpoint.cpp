@@ -151,7 +151,8 @@ void load_optimizer_state(FusedOptimizer& optimizer, const fs::path& file) {
   optimizer.load_state_tensors(tensors, file.string());
 }
 
-void save_rng_states(const fs::path& file) {
+namespace {
+io::NamedTensors rng_states() {
   io::NamedTensors states;
   auto cpu = at::detail::getDefaultCPUGenerator();
   {
@@ -164,6 +165,46 @@ void save_rng_states(const fs::path& file) {
       std::lock_guard<std::mutex> lock(gen.mutex());
       states.emplace_back("cuda:" + std::to_string(d), gen.get_state());
     }
+  }
+  return states;
+}
+}  // namespace
+
+void save_rng_states(const fs::path& file) { io::write_safetensors(file, rng_states(), {{"format", "pt"}}); }
+
+// Layout: per state, the name's length (4 bytes), the name, the state's length (8 bytes), the
+// state (uint8), host byte order (the bytes never leave the run's machines of one kind).
+std::string rng_states_bytes() {
+  std::string out;
+  for (const auto& [name, state] : rng_states()) {
+    const auto bytes = state.contiguous();
+    const uint32_t n = static_cast<uint32_t>(name.size());
+    const uint64_t m = static_cast<uint64_t>(bytes.numel());
+    out.append(reinterpret_cast<const char*>(&n), sizeof n).append(name);
+    out.append(reinterpret_cast<const char*>(&m), sizeof m);
+    out.append(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), m);
+  }
+  return out;
+}
+
+void write_rng_states(const fs::path& file, const std::string& bytes) {
+  io::NamedTensors states;
+  std::size_t at = 0;
+  const auto take = [&](void* dst, std::size_t k) {
+    if (at + k > bytes.size()) throw Error(file.string(), "random states: truncated payload from a peer");
+    std::memcpy(dst, bytes.data() + at, k);
+    at += k;
+  };
+  while (at < bytes.size()) {
+    uint32_t n = 0;
+    uint64_t m = 0;
+    take(&n, sizeof n);
+    std::string name(n, '\0');
+    take(name.data(), n);
+    take(&m, sizeof m);
+    auto state = torch::empty({static_cast<int64_t>(m)}, torch::kUInt8);
+    take(state.data_ptr<uint8_t>(), m);
+    states.emplace_back(name, state);
   }
   io::write_safetensors(file, states, {{"format", "pt"}});
 }

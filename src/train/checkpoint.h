@@ -59,5 +59,9 @@ void load_optimizer_state(FusedOptimizer& optimizer, const std::filesystem::path
 // so that dropout and noise sampling continue as in an uninterrupted run.
 void save_rng_states(const std::filesystem::path& file);
 void load_rng_states(const std::filesystem::path& file);
+// The same states as bytes (generator name and state, for gathering every rank's on rank 0)
+// and those bytes written as save_rng_states writes its file.
+std::string rng_states_bytes();
+void write_rng_states(const std::filesystem::path& file, const std::string& bytes);
 
 }  // namespace lisadiff::train

@@ -161,6 +161,10 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   if (!sync_) return;  // inside an accumulation window: keep accumulating
   if (options_.classic) {
     sync_backward_seen_ = true;  // finish_step() steps every tensor at once
+    if (options_.grad_sync && param.grad().defined() && stepped_at_[i] != global_step_) {
+      stepped_at_[i] = global_step_;  // here: handed to the all-reduce
+      options_.grad_sync->add(i, param.grad());
+    }
     return;
   }
   auto p = param;
@@ -177,9 +181,24 @@ void FusedOptimizer::on_grad(std::size_t i, const torch::Tensor& param) {
   check_float32(i);
   stepped_at_[i] = global_step_;
   sync_backward_seen_ = true;
+  if (options_.grad_sync) {
+    // Stepped once its bucket is reduced: now for the buckets that are, the rest later.
+    options_.grad_sync->add(i, grad);
+    step_ready(options_.grad_sync->ready());
+    return;
+  }
+  step_tensor(i);
+}
+
+void FusedOptimizer::step_ready(const std::vector<std::size_t>& indices) {
+  for (const auto j : indices) step_tensor(j);
+}
+
+void FusedOptimizer::step_tensor(std::size_t i) {
+  auto p = params_[i].second;
+  auto& grad = p.mutable_grad();
   ++handled_;
   torch::NoGradGuard no_grad;
-  if (options_.grad_reducer) options_.grad_reducer(grad);
   torch::Tensor found;  // loss scaling: 1 when this gradient overflowed
   if (options_.loss_scaling.enabled) {
     found = unscale({grad});
@@ -273,9 +292,13 @@ void FusedOptimizer::classic_step() {
   for (auto i : with_grad) {
     check_float32(i);
     auto& g = params_[i].second.mutable_grad();
-    if (options_.grad_reducer) options_.grad_reducer(g);
+    if (options_.grad_sync && stepped_at_[i] != global_step_) {
+      stepped_at_[i] = global_step_;
+      options_.grad_sync->add(i, g);  // not in the sync micro-batch's graph: reduced last
+    }
     grads.push_back(g);
   }
+  if (options_.grad_sync) options_.grad_sync->flush();  // every gradient averaged in place
   const auto drop_grads = [&] {
     for (auto i : with_grad) params_[i].second.mutable_grad().reset();
   };
@@ -315,6 +338,13 @@ int64_t FusedOptimizer::finish_step() {
       auto& p = params_[i].second;
       if (p.requires_grad() && p.grad().defined() && stepped_at_[i] != global_step_) on_grad(i, p);
     }
+    if (options_.grad_sync) step_ready(options_.grad_sync->flush());
+  }
+  if (options_.grad_sync) {
+    auto& sync = *options_.grad_sync;
+    sync.group().check_same(sync.hash(), fmt::format("the list of gradients all-reduced at step {} ({} tensors here)",
+                                                     global_step_, sync.count()));
+    sync.reset_step();
   }
   if (!sync_backward_seen_) {
     spdlog::warn("FusedOptimizer: finish_step() at step {} without a gradient on a sync micro-batch: "

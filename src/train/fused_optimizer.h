@@ -25,6 +25,7 @@
 #include <torch/torch.h>
 
 #include "train/adamw8bit.h"
+#include "train/distributed.h"
 
 namespace lisadiff::train {
 
@@ -74,9 +75,14 @@ struct FusedOptimizerOptions {
   // about 2 bytes of state per element instead of 8. `kernel` is then unused.
   bool use_8bit_adam = false;
   LossScaling loss_scaling;
-  // Data parallel: called with each gradient on sync steps before clipping (e.g. all-reduce
-  // average). Must be deterministic and identical on every rank.
-  std::function<void(torch::Tensor& grad)> grad_reducer;
+  // Data parallel (train/distributed.h): on sync micro-batches every gradient is averaged
+  // across the ranks before it is clipped and stepped. Fused: the hook hands the gradient to
+  // the bucketed, asynchronous all-reduce and steps the tensors whose reduced gradient is
+  // there (the rest at finish_step()); classic: the buckets reduce during the backward pass
+  // and finish_step() waits for them before the global clip. Non-sync micro-batches
+  // communicate nothing. finish_step() checks that every rank reduced the same tensors in
+  // the same order.
+  std::shared_ptr<GradientSync> grad_sync;
   // The classic (unfused) step of the diffusers scripts, for the baselines: the hooks do not
   // step; finish_step() steps every tensor that holds a gradient, after clipping the *global*
   // norm over all of them (torch.nn.utils.clip_grad_norm_) and, with loss scaling, skipping
@@ -164,6 +170,9 @@ class FusedOptimizer {
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& param);
+  // The fused step of tensor i with its (reduced) gradient: unscale, clip, update, free.
+  void step_tensor(std::size_t index);
+  void step_ready(const std::vector<std::size_t>& indices);
   void classic_step();
   void check_float32(std::size_t index) const;  // throws for a trained tensor that is not float32
   // Unscales gradients on one device in place (loss scaling on) and returns a 0-d float

@@ -21,6 +21,20 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Adds `offset` to the seed of the CPU and every CUDA default generator (a fresh stream).
+void reseed_default_generators(int offset) {
+  auto reseed = [offset](at::Generator gen) {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(gen.current_seed() + static_cast<uint64_t>(offset));
+  };
+  reseed(at::detail::getDefaultCPUGenerator());
+  if (torch::cuda::is_available()) {
+    for (int64_t d = 0; d < static_cast<int64_t>(torch::cuda::device_count()); ++d) {
+      reseed(at::globalContext().defaultGenerator(torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d))));
+    }
+  }
+}
+
 constexpr const char* kWeightsName = "diffusion_pytorch_model.safetensors";
 constexpr const char* kStateName = "training_state.json";
 // 2: the LISA set of a checkpoint is the one that trained up to its step (format 1 held the
@@ -322,6 +336,48 @@ AutocastScope::~AutocastScope() {
 // Trainer
 // ---------------------------------------------------------------------------------------------
 
+StatePart generator_state_part(std::string name, at::Generator& generator) {
+  StatePart part;
+  part.name = name;
+  part.save_json = [&generator] {
+    torch::Tensor state;
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      state = generator.get_state().contiguous();
+    }
+    static const char* digits = "0123456789abcdef";
+    std::string hex;
+    hex.reserve(static_cast<std::size_t>(state.numel()) * 2);
+    const auto* bytes = state.data_ptr<uint8_t>();
+    for (int64_t i = 0; i < state.numel(); ++i) {
+      hex.push_back(digits[bytes[i] >> 4]);
+      hex.push_back(digits[bytes[i] & 15]);
+    }
+    return nlohmann::json{{"state", hex}};
+  };
+  part.load_json = [&generator, name](const nlohmann::json& j) {
+    const auto hex = j.at("state").get<std::string>();
+    const auto nibble = [&](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      throw Error("training state: part '" + name + "': not a hex string");
+    };
+    if (hex.size() % 2 != 0) throw Error("training state: part '" + name + "': odd length");
+    auto state = torch::empty({static_cast<int64_t>(hex.size() / 2)}, torch::kUInt8);
+    auto* bytes = state.data_ptr<uint8_t>();
+    for (std::size_t i = 0; i < hex.size() / 2; ++i) {
+      bytes[i] = static_cast<uint8_t>(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]));
+    }
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    try {
+      generator.set_state(state);
+    } catch (const c10::Error& e) {
+      throw Error("training state: part '" + name + "': " + e.what_without_backtrace());
+    }
+  };
+  return part;
+}
+
 Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(model)), options_(std::move(options)) {
   options_.validate();
   if (!model_.module) throw Error("Trainer: no model");
@@ -341,6 +397,10 @@ Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(
   opt.use_8bit_adam = options_.use_8bit_adam;
   opt.loss_scaling.enabled = options_.mixed_precision == MixedPrecision::kFp16;
   opt.classic = !options_.fused_step && options_.method != TrainMethod::kLisa;
+  if (distributed()) {
+    options_.main_process = options_.group->rank() == 0;
+    opt.grad_sync = std::make_shared<GradientSync>(options_.group, options_.bucket_bytes);
+  }
 
   module.train();
   if (model_.set_gradient_checkpointing) {
@@ -370,6 +430,15 @@ Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(
       optimizer_ = std::make_unique<FusedOptimizer>(trainable_, opt);
       break;
     }
+  }
+  if (distributed()) {
+    // DDP's start: every rank trains from rank 0's values (adapters and new layers drawn
+    // from a generator included).
+    for (auto& [name, p] : trainable_) options_.group->broadcast_any(p, 0);
+    // From here on each process draws its own random numbers (noise, timesteps, dropout):
+    // rank r > 0 re-seeds the default generators with their seed + r; rank 0 goes on as a
+    // single process would. (accelerate's set_seed gives every rank the same stream.)
+    if (const int rank = options_.group->rank(); rank > 0) reseed_default_generators(rank);
   }
   if (options_.use_ema) ema_ = std::make_unique<EMA>(trainable_, options_.ema);
   model_params_ = named_parameters(module);
@@ -500,6 +569,23 @@ void Trainer::read_model(const fs::path& dir) {
   models::load_parameters(*model_.module, {file}, options);
 }
 
+nlohmann::json Trainer::parts_state() const {
+  nlohmann::json parts = nlohmann::json::object();
+  for (const auto& p : parts_) {
+    if (p.save_json) parts[p.name] = p.save_json();
+  }
+  return parts;
+}
+
+void Trainer::check_lisa_set(const char* when) const {
+  if (!lisa_ || !distributed()) return;
+  uint64_t h = fnv1a("lisa");
+  for (const auto& name : lisa_->active_names()) h = fnv1a(name + ";", h);
+  options_.group->check_same(static_cast<int64_t>(h & 0x7fffffffffffffffull),
+                             fmt::format("the LISA set {} (step {}, {} tensors here)", when, global_step(),
+                                         lisa_->active_names().size()));
+}
+
 nlohmann::json Trainer::training_state() const {
   nlohmann::json s;
   s["format"] = kStateFormat;
@@ -511,11 +597,8 @@ nlohmann::json Trainer::training_state() const {
   s["mixed_precision"] = precision_name(options_.mixed_precision);
   s["gradient_accumulation_steps"] = options_.gradient_accumulation_steps;
   if (lisa_) s["lisa"] = lisa_->state();
-  nlohmann::json parts = nlohmann::json::object();
-  for (const auto& p : parts_) {
-    if (p.save_json) parts[p.name] = p.save_json();
-  }
-  s["parts"] = parts;
+  s["parts"] = parts_state();
+  s["world_size"] = distributed() ? options_.group->size() : 1;
   return s;
 }
 
@@ -537,7 +620,17 @@ void Trainer::write_lisa_activations(const fs::path& file) const {
 
 fs::path Trainer::save_checkpoint() {
   check_model_unchanged("save_checkpoint");
-  if (!options_.main_process) return {};
+  // Every rank's RNG states and recipe state, gathered on rank 0, which writes the folder;
+  // the others wait for it at a barrier.
+  std::vector<std::string> rng, rank_parts;
+  if (distributed()) {
+    rng = options_.group->allgather(rng_states_bytes());
+    rank_parts = options_.group->allgather(parts_state().dump());
+  }
+  if (!options_.main_process) {
+    if (distributed()) options_.group->barrier();
+    return {};
+  }
   CheckpointManager manager(options_.output_dir, options_.checkpoints_total_limit);
   const auto path = manager.save(global_step(), [&](const fs::path& dir) {
     write_model(dir);
@@ -548,9 +641,19 @@ fs::path Trainer::save_checkpoint() {
     }
     write_lisa_activations(dir / "lisa_activations.json");
     save_rng_states(dir / "random_states.safetensors");
-    io::write_file_atomic(dir / kStateName, training_state().dump(1) + "\n");
+    auto state = training_state();
+    if (distributed()) {
+      auto ranks = nlohmann::json::array();
+      for (std::size_t r = 0; r < rank_parts.size(); ++r) {
+        ranks.push_back(nlohmann::json::parse(rank_parts[r]));
+        if (r > 0) write_rng_states(dir / fmt::format("random_states_{}.safetensors", r), rng[r]);
+      }
+      state["rank_parts"] = ranks;
+    }
+    io::write_file_atomic(dir / kStateName, state.dump(1) + "\n");
   });
   metrics_.event(global_step(), "checkpoint", {{"path", path.filename().string()}});
+  if (distributed()) options_.group->barrier();
   return path;
 }
 
@@ -615,7 +718,19 @@ void Trainer::load_checkpoint(const fs::path& dir) {
     optimizer().set_global_step(step);
     optimizer().set_schedule_step(schedule_step);
     if (ema_) ema_->load_pretrained(dir / (model_.name + "_ema"));
-    const auto& parts = state.at("parts");
+    // This rank's recipe state when the checkpoint was written by as many processes, else
+    // rank 0's (a different world size: see docs/distributed.md).
+    const int rank = distributed() ? options_.group->rank() : 0;
+    const int world = distributed() ? options_.group->size() : 1;
+    const int saved_world = state.value("world_size", 1);
+    const nlohmann::json& parts = rank > 0 && saved_world == world && state.contains("rank_parts")
+                                      ? state.at("rank_parts").at(static_cast<std::size_t>(rank))
+                                      : state.at("parts");
+    if (saved_world != world) {
+      spdlog::warn("{}: written by {} process(es), resumed by {}: the optimizer, weights and LISA state continue; "
+                   "each process's data position and random numbers start from rank 0's",
+                   dir.string(), saved_world, world);
+    }
     for (const auto& p : parts_) {
       if (p.load_json) {
         if (!parts.contains(p.name)) throw Error(state_file.string(), "has no state for '" + p.name + "'");
@@ -629,7 +744,10 @@ void Trainer::load_checkpoint(const fs::path& dir) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(state_file.string(), std::string("malformed: ") + e.what());
   }
-  load_rng_states(dir / "random_states.safetensors");  // last: loading may draw numbers
+  // Last: loading may draw numbers. Rank r's states where the checkpoint has them.
+  const int rank = distributed() ? options_.group->rank() : 0;
+  const auto rank_file = dir / fmt::format("random_states_{}.safetensors", rank);
+  load_rng_states(rank > 0 && fs::exists(rank_file) ? rank_file : dir / "random_states.safetensors");
   spdlog::info("resumed from {} at step {}", dir.string(), global_step());
 }
 
@@ -648,12 +766,14 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
   ProgressDisplay progress(options_.max_train_steps, po, global_step());
   auto& opt = optimizer();
   const int64_t lisa_total = lisa_ ? lisa_->total_parameters() : 0;  // fixed for the run
+  check_lisa_set("at the start");
   while (global_step() < end) {
     const auto t0 = Clock::now();
     const int64_t step = global_step();
     // A re-draw falls at the start of a step, so that everything at the end of the previous
     // one saw the set that trained, and a run never draws after its last step.
     const bool redrew = lisa_ && lisa_->redraw_if_due();
+    if (redrew) check_lisa_set("drawn");
     double loss_sum = 0;
     int n = 0;
     std::vector<nlohmann::ordered_json> logs;
@@ -690,7 +810,7 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
     if (after_step) after_step(done);
 
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double loss = loss_sum / n;
+    const double loss = distributed() ? options_.group->mean(loss_sum / n) : loss_sum / n;
     const int64_t active = active_parameters();
     nlohmann::ordered_json fields;
     fields["loss"] = loss;

@@ -52,6 +52,7 @@
 #include "config/json_fields.h"
 #include "io/safetensors.h"
 #include "models/unet.h"
+#include "train/distributed.h"
 #include "train/ema.h"
 #include "train/fused_optimizer.h"
 #include "train/lisa.h"
@@ -114,6 +115,14 @@ struct TrainerOptions {
   // logging_dir for the event files, as accelerate's tracker makes; empty: none.
   std::string tracker_project_name;
   bool main_process = true;  // rank 0 writes checkpoints, metrics and progress
+  // Data parallel (train/distributed.h), set by the recipe, not a config key: with a group of
+  // more than one process every gradient is averaged across the ranks before it is clipped
+  // and stepped (FusedOptimizerOptions::grad_sync), rank 0's trained weights are broadcast
+  // when the Trainer is built, LISA sets and reduced tensors are compared every step, logged
+  // losses are the ranks' mean, main_process is rank 0, and checkpoints hold every rank's RNG
+  // states and recipe state.
+  std::shared_ptr<ProcessGroup> group;
+  int64_t bucket_bytes = 25ll << 20;  // gradient all-reduce buckets (DDP's 25 MB)
   std::string label;         // printed first in progress lines
 
   // Reads the keys above from a reader shared with the recipe's own keys (the recipe
@@ -169,6 +178,10 @@ struct StatePart {
   std::function<void(const std::filesystem::path& checkpoint_dir)> load_files;
 };
 
+// A generator's state as a part of training_state.json (hex bytes): rank-local state that
+// every process of a data-parallel run keeps its own of (a recipe's dropout generator).
+StatePart generator_state_part(std::string name, at::Generator& generator);
+
 class Trainer {
  public:
   // Sets the model up for the method: freezes, attaches adapters, installs the optimizer
@@ -220,6 +233,10 @@ class Trainer {
   void read_model(const std::filesystem::path& dir);
   void write_lisa_activations(const std::filesystem::path& file) const;
   nlohmann::json training_state() const;
+  nlohmann::json parts_state() const;  // the recipe's parts (save_json) on this rank
+  bool distributed() const { return options_.group && options_.group->size() > 1; }
+  // Stops when the ranks' LISA sets differ (a rank with another seed or settings).
+  void check_lisa_set(const char* when) const;
   // Throws lisadiff::Error when the model's parameters are no longer the hooked tensors.
   void check_model_unchanged(const char* when) const;
   // Throws lisadiff::Error when `loss` depends on a tensor that requires grad and that this
