@@ -285,6 +285,14 @@ std::string DataOptions::fingerprint() const {
   return s.str();
 }
 
+std::string DataOptions::order_fingerprint() const {
+  std::ostringstream s;
+  s << kind_name(kind) << '|' << train_data_dir << '|' << train_shards << '|' << seed << '|' << shuffle << '|'
+    << drop_last << '|' << shuffle_buffer << '|' << resample_shards << '|' << max_train_samples << '|'
+    << filters.min_original_size << '|' << filters.max_pwatermark << '|' << filters.min_aesthetic;
+  return s.str();
+}
+
 Processed process_record(const Record& record, const DataOptions& options, std::uint64_t seed) {
   Processed out;
   out.example.key = record.key;

@@ -51,6 +51,14 @@ class RecordSource {
   // Records per epoch when known (folder), else -1.
   virtual std::int64_t epoch_size() const { return -1; }
   virtual std::string describe() const = 0;
+  // This rank's position after `records` records of a run with `world_size` processes, each
+  // of which had read as many (a checkpoint resumed by another number of processes): the
+  // examples all of them read are skipped, or -1 when the source cannot say (shards).
+  virtual std::int64_t position_after(std::int64_t records, int world_size) const {
+    (void)records;
+    (void)world_size;
+    return -1;
+  }
 };
 
 // The column names of a kind, as the scripts' flags name them.
@@ -111,6 +119,8 @@ struct DataOptions {
   void validate(const std::string& source) const;
   // Identifies the data order: kind, sources, seed, batch, shuffle, rank/world, filters.
   std::string fingerprint() const;
+  // The same without rank/world: the order over all processes.
+  std::string order_fingerprint() const;
 };
 
 // A decoded, transformed example. images: float32 [3, R, R] each (t2i 1, ip2p 2: original,

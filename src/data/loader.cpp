@@ -185,19 +185,33 @@ nlohmann::json DataLoader::state() const {
   auto s = stats_.to_json();
   s["good_in_epoch"] = good_in_epoch_;
   s["fingerprint"] = options_.fingerprint();
+  s["order"] = options_.order_fingerprint();
+  s["world_size"] = options_.world_size;
   return s;
 }
 
 void DataLoader::load_state(const nlohmann::json& state) {
   if (started_) throw Error("data loader: load_state must come before the first batch");
   try {
+    auto records = state.at("records").get<std::int64_t>();
     if (state.at("fingerprint").get<std::string>() != options_.fingerprint()) {
-      spdlog::warn(
-          "data: the data settings differ from the checkpoint's (dataset, seed, shuffle, filters or processes); "
-          "the loader starts this data from its beginning");
-      return;
+      // Another number of processes over the same data: the examples the old run read in all
+      // are skipped where the source can place them (image folders).
+      const int saved_world = state.value("world_size", 0);
+      const auto position = state.value("order", std::string()) == options_.order_fingerprint() && saved_world > 0
+                                ? source_->position_after(records, saved_world)
+                                : -1;
+      if (position < 0) {
+        spdlog::warn(
+            "data: the data settings differ from the checkpoint's (dataset, seed, shuffle, filters{}); the loader "
+            "starts this data from its beginning",
+            saved_world != options_.world_size ? ", or the number of processes with shards" : "");
+        return;
+      }
+      spdlog::info("data: the checkpoint was written by {} process(es), this run has {}: rank {} continues at record "
+                   "{} of its share", saved_world, options_.world_size, options_.rank, position);
+      records = position;
     }
-    const auto records = state.at("records").get<std::int64_t>();
     source_->skip(records);
     fetched_ = records;
     consumed_ = records;

@@ -150,11 +150,26 @@ FolderSource::FolderSource(const DataOptions& options)
     for (std::int64_t i = 0; i < n; ++i) subset_.push_back(i);
   }
   const auto m = static_cast<std::int64_t>(subset_.size());
-  per_rank_ = (m - rank_ + world_ - 1) / world_;
-  if (per_rank_ <= 0) {
+  // Every rank reads as many records per epoch (accelerate's even_batches): the last round
+  // wraps to the start of the epoch's order, so that no rank ends its epoch a batch early
+  // (the ranks' accumulation windows and collectives stay in step).
+  if (m < world_) {
     throw Error(manifest.string() + ": " + std::to_string(m) + " examples are too few for " + std::to_string(world_) +
                 " processes");
   }
+  per_rank_ = (m + world_ - 1) / world_;
+}
+
+std::int64_t FolderSource::position_after(std::int64_t records, int world_size) const {
+  // The saved rank read `records` records of epochs of ceil(m / W) per rank; all W ranks
+  // together read the first W * j records of the epoch's order. This rank skips the ones
+  // of its own share among them.
+  const auto m = static_cast<std::int64_t>(subset_.size());
+  const std::int64_t old_per_rank = (m + world_size - 1) / world_size;
+  const std::int64_t epoch = records / old_per_rank, j = records % old_per_rank;
+  const std::int64_t global = std::min(m, j * world_size);
+  const std::int64_t mine = global > rank_ ? (global - rank_ + world_ - 1) / world_ : 0;
+  return epoch * per_rank_ + std::min(mine, per_rank_);
 }
 
 const std::vector<std::int64_t>& FolderSource::order_of(std::int64_t epoch) {
@@ -175,7 +190,8 @@ const std::vector<std::int64_t>& FolderSource::order_of(std::int64_t epoch) {
 bool FolderSource::next(Record& record) {
   const auto epoch = position_ / per_rank_, j = position_ % per_rank_;
   const auto& order = order_of(epoch);
-  record = rows_[static_cast<std::size_t>(order[static_cast<std::size_t>(j * world_ + rank_)])];
+  const auto m = static_cast<std::int64_t>(order.size());
+  record = rows_[static_cast<std::size_t>(order[static_cast<std::size_t>((j * world_ + rank_) % m)])];
   record.epoch = epoch;
   record.last_in_epoch = j == per_rank_ - 1;
   ++position_;

@@ -32,6 +32,7 @@ class FolderSource : public RecordSource {
   void skip(std::int64_t n) override { position_ += n; }
   std::int64_t epoch_size() const override { return per_rank_; }
   std::string describe() const override;
+  std::int64_t position_after(std::int64_t records, int world_size) const override;
 
  private:
   const std::vector<std::int64_t>& order_of(std::int64_t epoch);

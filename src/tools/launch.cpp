@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -153,6 +154,14 @@ int launch(const LaunchOptions& o) {
     }
   }
   const int local = o.num_processes / o.num_machines;
+  // CPU threads: the machine's cores shared between its processes (torchrun sets 1), unless
+  // OMP_NUM_THREADS says otherwise; oversubscribed cores slow every process down.
+  std::string threads;
+  if (const char* given = std::getenv("OMP_NUM_THREADS"); !given || !*given) {
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    threads = std::to_string(std::max(1u, cores / static_cast<unsigned>(local)));
+    if (local > 1) spdlog::info("launch: OMP_NUM_THREADS={} for each process ({} cores, {} processes)", threads, cores, local);
+  }
   spdlog::info("launch: {} process(es) on this machine (machine {} of {}), {} in all, rendezvous at {}:{}: {}", local,
                o.machine_rank, o.num_machines, o.num_processes, o.main_process_ip, o.main_process_port, path);
 
@@ -186,8 +195,10 @@ int launch(const LaunchOptions& o) {
       ::dup2(fds[1], STDOUT_FILENO);
       ::dup2(fds[1], STDERR_FILENO);
       ::close(fds[1]);
-      sigaction(SIGINT, &old_int, nullptr);
-      sigaction(SIGTERM, &old_term, nullptr);
+      // The launcher supervises: its processes stop on the SIGINT/SIGTERM it forwards, even
+      // when it was itself started with those ignored (a background job of a script).
+      ::signal(SIGINT, SIG_DFL);
+      ::signal(SIGTERM, SIG_DFL);
       ::setenv("RANK", std::to_string(c.rank).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(l).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(o.num_processes).c_str(), 1);
@@ -196,6 +207,7 @@ int launch(const LaunchOptions& o) {
       ::setenv("MASTER_ADDR", o.main_process_ip.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(o.main_process_port).c_str(), 1);
       if (!o.gpu_ids.empty() && o.gpu_ids != "all") ::setenv("CUDA_VISIBLE_DEVICES", o.gpu_ids.c_str(), 1);
+      if (!threads.empty() && local > 1) ::setenv("OMP_NUM_THREADS", threads.c_str(), 1);
       std::vector<char*> argv;
       argv.push_back(const_cast<char*>(path.c_str()));
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));

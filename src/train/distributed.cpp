@@ -17,6 +17,11 @@
 #endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+// NCCL for CUDA runs, where the wheel's CMake config says it was built with it (the process
+// group lives in libtorch_cuda; nccl.h comes with the CUDA toolkit).
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include "core/error.h"
 
@@ -201,10 +206,12 @@ void ProcessGroup::broadcast_any(torch::Tensor& tensor, int root) {
 
 std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env, torch::Device device) {
   if (!env.distributed()) throw Error("ProcessGroup::create: WORLD_SIZE is 1, there is no group to join");
+#ifndef USE_C10D_NCCL
   if (device.is_cuda()) {
     throw Error("multi-process training on CUDA needs the NCCL process group, which this build of lisadiff does "
                 "not include; run on CPU (Gloo) or with one process");
   }
+#endif
   c10d::TCPStoreOptions so;
   so.port = static_cast<std::uint16_t>(env.master_port);
   so.isServer = env.rank == 0;
@@ -220,15 +227,24 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env, torch::De
                             describe(e)));
   }
   c10::intrusive_ptr<c10d::Backend> backend;
+  const char* kind = device.is_cuda() ? "nccl" : "gloo";
   try {
-    auto options = c10d::ProcessGroupGloo::Options::create_default(collective_timeout());
-    backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, options);
+    if (device.is_cuda()) {
+#ifdef USE_C10D_NCCL
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = collective_timeout();
+      backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, options);
+#endif
+    } else {
+      auto options = c10d::ProcessGroupGloo::Options::create_default(collective_timeout());
+      backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, options);
+    }
   } catch (const std::exception& e) {
-    throw Error(fmt::format("rank {}: connecting the {} processes (Gloo) failed: {}", env.rank, env.world_size,
+    throw Error(fmt::format("rank {}: connecting the {} processes ({}) failed: {}", env.rank, env.world_size, kind,
                             describe(e)));
   }
-  spdlog::debug("rank {} of {}: process group ready (gloo, store {}:{})", env.rank, env.world_size, env.master_addr,
-                env.master_port);
+  spdlog::debug("rank {} of {}: process group ready ({}, store {}:{})", env.rank, env.world_size, kind,
+                env.master_addr, env.master_port);
   return std::make_shared<C10dGroup>(std::move(store), std::move(backend), env.rank, env.world_size, device);
 }
 

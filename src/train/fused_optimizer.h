@@ -160,6 +160,8 @@ class FusedOptimizer {
   // without fp16, or the other way round).
   void load_state_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& source);
   const std::vector<std::pair<std::string, torch::Tensor>>& params() const { return params_; }
+  // The data-parallel gradient all-reduce, or null (one process).
+  GradientSync* grad_sync() const { return options_.grad_sync.get(); }
 
   // The AdamW update for one parameter, exposed for tests and for the classic (unfused)
   // baseline: p, grad (already clipped), state (created when empty; moments in p's memory

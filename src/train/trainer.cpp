@@ -22,10 +22,10 @@ namespace fs = std::filesystem;
 namespace {
 
 // Adds `offset` to the seed of the CPU and every CUDA default generator (a fresh stream).
-void reseed_default_generators(int offset) {
+void reseed_default_generators(uint64_t offset) {
   auto reseed = [offset](at::Generator gen) {
     std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_current_seed(gen.current_seed() + static_cast<uint64_t>(offset));
+    gen.set_current_seed(gen.current_seed() + offset);
   };
   reseed(at::detail::getDefaultCPUGenerator());
   if (torch::cuda::is_available()) {
@@ -438,7 +438,7 @@ Trainer::Trainer(TrainedModel model, TrainerOptions options) : model_(std::move(
     // From here on each process draws its own random numbers (noise, timesteps, dropout):
     // rank r > 0 re-seeds the default generators with their seed + r; rank 0 goes on as a
     // single process would. (accelerate's set_seed gives every rank the same stream.)
-    if (const int rank = options_.group->rank(); rank > 0) reseed_default_generators(rank);
+    if (const int rank = options_.group->rank(); rank > 0) reseed_default_generators(static_cast<uint64_t>(rank));
   }
   if (options_.use_ema) ema_ = std::make_unique<EMA>(trainable_, options_.ema);
   model_params_ = named_parameters(module);
@@ -727,8 +727,9 @@ void Trainer::load_checkpoint(const fs::path& dir) {
                                       ? state.at("rank_parts").at(static_cast<std::size_t>(rank))
                                       : state.at("parts");
     if (saved_world != world) {
-      spdlog::warn("{}: written by {} process(es), resumed by {}: the optimizer, weights and LISA state continue; "
-                   "each process's data position and random numbers start from rank 0's",
+      spdlog::warn("{}: written by {} process(es), resumed by {}: the weights, optimizer and LISA state continue; the "
+                   "data continues after the examples all of them read where the data allows it (image folders), and "
+                   "each process draws fresh random numbers from rank 0's saved state",
                    dir.string(), saved_world, world);
     }
     for (const auto& p : parts_) {
@@ -747,7 +748,11 @@ void Trainer::load_checkpoint(const fs::path& dir) {
   // Last: loading may draw numbers. Rank r's states where the checkpoint has them.
   const int rank = distributed() ? options_.group->rank() : 0;
   const auto rank_file = dir / fmt::format("random_states_{}.safetensors", rank);
-  load_rng_states(rank > 0 && fs::exists(rank_file) ? rank_file : dir / "random_states.safetensors");
+  const bool own = rank == 0 || fs::exists(rank_file);
+  load_rng_states(own ? (rank == 0 ? dir / "random_states.safetensors" : rank_file) : dir / "random_states.safetensors");
+  // A rank the checkpoint has no states for (it had fewer processes): rank 0's, re-seeded
+  // with this rank and step, so that this rank's stream is its own and not its first one again.
+  if (!own) reseed_default_generators(static_cast<uint64_t>(rank) + (static_cast<uint64_t>(global_step()) << 20));
   spdlog::info("resumed from {} at step {}", dir.string(), global_step());
 }
 
@@ -769,6 +774,7 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
   check_lisa_set("at the start");
   while (global_step() < end) {
     const auto t0 = Clock::now();
+    const double comm_wait0 = opt.grad_sync() ? opt.grad_sync()->wait_seconds() : 0.0;
     const int64_t step = global_step();
     // A re-draw falls at the start of a step, so that everything at the end of the previous
     // one saw the set that trained, and a run never draws after its last step.
@@ -819,6 +825,10 @@ void Trainer::train(const MicroStep& micro_step, const std::function<void(int64_
     fields["active_parameters"] = active;
     fields["step_time"] = seconds;
     fields["peak_memory"] = peak_memory_bytes();
+    if (opt.grad_sync()) {
+      // Seconds of the step spent blocked on the gradient all-reduce (the rest overlapped).
+      fields["comm_wait"] = opt.grad_sync()->wait_seconds() - comm_wait0;
+    }
     if (options_.mixed_precision == MixedPrecision::kFp16) {
       fields["loss_scale"] = opt.loss_scale();
       fields["skipped_tensors"] = opt.last_skipped_tensors();

@@ -347,25 +347,32 @@ TEST(DataLoader, PipeShardsFiltersAndDistributedSplits) {
     DataLoader none(endless);
     EXPECT_THROW_WITH(none.next(), "51 samples in a row", "bad or filtered out", "51 filtered");
   }
-  // Two processes split a folder's epoch; together they see every example once.
+  // Two processes split a folder's epoch; together they see every example, and each reads
+  // as many (accelerate's even_batches): of 7, rank 1's fourth is the epoch's first again, so
+  // both have 2 batches (3 + 1) and end their epochs together.
   const auto folder = make(tmp, "t2i", "folder", 7);
   auto r = options_for("t2i", folder, "folder");
   r.batch_size = 3;
   std::set<std::string> seen;
+  std::vector<std::string> first_keys;
   std::int64_t total = 0;
   for (int rank = 0; rank < 2; ++rank) {
     r.rank = rank;
     r.world_size = 2;
     DataLoader loader(r);
-    EXPECT_EQ(loader.batches_per_epoch(), rank == 0 ? 2 : 1);  // 4 and 3 examples
-    for (int i = 0; i < (rank == 0 ? 2 : 1); ++i) {
+    EXPECT_EQ(loader.batches_per_epoch(), 2);
+    for (int i = 0; i < 2; ++i) {
       const auto b = loader.next();
+      EXPECT_EQ(b.size(), i == 0 ? 3 : 1);
+      EXPECT_EQ(b.end_of_epoch, i == 1);
       total += b.size();
       for (const auto& k : b.keys) seen.insert(k);
+      first_keys.push_back(b.keys.front());
     }
   }
-  EXPECT_EQ(total, 7);
+  EXPECT_EQ(total, 8);
   EXPECT_EQ(seen.size(), 7u);
+  EXPECT_EQ(first_keys[3], first_keys[0]);  // rank 1's wrapped example is rank 0's first
 }
 
 TEST(DataLoader, MaxTrainSamplesAndDropLast) {

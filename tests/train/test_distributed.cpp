@@ -193,6 +193,24 @@ TEST(DataParallelLaunch, FailuresEndEveryProcess) {
   }
 }
 
+// Ctrl-C (SIGINT) on the launcher ends every process and the launcher exits with 130.
+TEST(DataParallelLaunch, InterruptEndsEveryProcess) {
+  TempDir tmp;
+  const auto script = tmp / "app.sh";
+  testing::write_file(script, "#!/bin/sh\necho $$ >> " + (tmp / "pids").string() + "\nexec sleep 60\n");
+  fs::permissions(script, fs::perms::owner_all);
+  const auto [rc, log] = testing::run_command(
+      "(" + testing::cli_path() + " launch --num_processes 2 " + script.string() + " > " + (tmp / "launch.log").string() +
+      " 2>&1 & pid=$!; while [ $(cat " + (tmp / "pids").string() + " 2>/dev/null | wc -l) -lt 2 ]; do sleep 0.05; done; "
+      "start=$(date +%s); kill -INT $pid; wait $pid; echo \"exit $? after $(( $(date +%s) - start )) s\"; "
+      "for p in $(cat " + (tmp / "pids").string() + "); do kill -0 $p 2>/dev/null && echo alive $p; done; true)");
+  EXPECT_NE(log.find("exit 130 after"), std::string::npos) << log << testing::read_file(tmp / "launch.log");
+  EXPECT_EQ(log.find("alive"), std::string::npos) << log;
+  const auto after = log.find(" after ");
+  ASSERT_NE(after, std::string::npos) << log;
+  EXPECT_LT(std::stoi(log.substr(after + 7)), 5) << log;
+}
+
 // SIGKILL one rank of a 2-process lcm_distill run mid-training: every process is gone and the
 // launcher exits non-zero within 60 s; the last checkpoint is intact, and the run resumed on 2
 // processes ends with the straight run's weights, bit for bit (each rank's data position and
@@ -243,6 +261,50 @@ TEST(DataParallelFaults, AKilledRankEndsTheRunAndItResumesToTheStraightRun) {
         << file << " differs from the straight run's";
   }
   EXPECT_EQ(losses(killed / "metrics.jsonl"), losses(tmp / "straight/metrics.jsonl"));
+}
+
+// A checkpoint of 2 processes resumes on 1 and the other way round (instruct_pix2pix on an
+// image folder): weights, optimizer, LISA and step continue, and the data position counts the
+// examples all processes read, so the resumed run goes on with the next ones.
+TEST(DataParallelResume, AnotherNumberOfProcessesContinuesTheData) {
+  TempDir tmp;
+  tools::MakeDatasetOptions m;
+  m.kind = "ip2p";
+  m.format = "folder";
+  m.n = 24;
+  m.size = 40;
+  m.out = tmp / "data";
+  tools::make_dataset(m);
+  const auto app = (fs::path(testing::cli_path()).parent_path() / "instruct_pix2pix").string();
+  const auto command = [&](int processes, int batch, const fs::path& out) {
+    return testing::cli_path() + " launch --num_processes " + std::to_string(processes) + " --main_process_port " +
+           std::to_string(free_port()) + " " + app + " --pretrained_model_name_or_path " + micro_sd().string() +
+           " --dataset_name " + (tmp / "data").string() + " --resolution 32 --train_batch_size " +
+           std::to_string(batch) + " --max_train_steps 4 --checkpointing_steps 2 --seed 1 --output_dir " +
+           out.string() + " 2>&1";
+  };
+  // 2 processes of 1 example for 2 steps: 4 examples read; 1 process of 2 goes on at the 5th.
+  {
+    const auto [rc, log] = testing::run_command(command(2, 1, tmp / "a") + " --max_train_steps 2");
+    ASSERT_EQ(rc, 0) << log;
+    const auto [rrc, rlog] = testing::run_command(command(1, 2, tmp / "a") + " --resume_from_checkpoint latest");
+    ASSERT_EQ(rrc, 0) << rlog;
+    EXPECT_NE(rlog.find("written by 2 process(es), resumed by 1"), std::string::npos) << rlog;
+    EXPECT_NE(rlog.find("rank 0 continues at record 4 of its share"), std::string::npos) << rlog;
+    const auto state = testing::read_json(tmp / "a/checkpoint-4/training_state.json");
+    EXPECT_EQ(state.at("parts").at("data_loader").at("records").get<int64_t>(), 8) << state.dump(1);
+  }
+  // 1 process of 2 for 2 steps: 4 examples; 2 processes of 1 go on at their 3rd and 4th.
+  {
+    const auto [rc, log] = testing::run_command(command(1, 2, tmp / "b") + " --max_train_steps 2");
+    ASSERT_EQ(rc, 0) << log;
+    const auto [rrc, rlog] = testing::run_command(command(2, 1, tmp / "b") + " --resume_from_checkpoint latest");
+    ASSERT_EQ(rrc, 0) << rlog;
+    EXPECT_NE(rlog.find("rank 0 continues at record 2 of its share"), std::string::npos) << rlog;
+    const auto state = testing::read_json(tmp / "b/checkpoint-4/training_state.json");
+    EXPECT_EQ(state.at("world_size").get<int>(), 2);
+    for (const auto& part : state.at("rank_parts")) EXPECT_EQ(part.at("data_loader").at("records").get<int64_t>(), 4);
+  }
 }
 
 }  // namespace
