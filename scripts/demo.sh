@@ -54,6 +54,16 @@ echo "[demo] lisadiff generate $out/ip2p-lisa --image .../000000001_input.png --
 "$lisadiff" plot "$out/ip2p-lisa" --out "$out/ip2p-lisa/metrics.png"
 echo "[demo] the run: $out/ip2p-lisa (pipeline, checkpoints, validation/, metrics.png); the edit: $out/ip2p-edit"
 
+# The same recipe on 2 processes (data-parallel over Gloo, as accelerate launch): each takes
+# half of every global batch, gradients are averaged before each step (docs/distributed.md).
+echo "[demo] lisadiff launch --num_processes 2 instruct_pix2pix: 10 steps, 2 examples per process -> $out/ip2p-2proc"
+rm -rf "$out/ip2p-2proc"
+"$lisadiff" launch --num_processes 2 --main_process_port "$((29500 + $$ % 1000))" instruct_pix2pix \
+  --pretrained_model_name_or_path "$out/tiny-sd" --dataset_name "$out/shapes-ip2p" --resolution 64 \
+  --train_batch_size 2 --max_train_steps 10 --checkpointing_steps 5 --learning_rate 1e-3 --seed 0 \
+  --method lisa --lisa_interval 5 --output_dir "$out/ip2p-2proc"
+echo "[demo] the 2-process run: $out/ip2p-2proc (metrics.jsonl: the ranks' mean loss, comm_wait)"
+
 # The second recipe: Diffusion-DPO of the tiny pipeline on the synthetic preference pairs
 # (the webdataset shards above), LISA with the pretrained UNet as the reference, then the
 # metrics' plot: loss, implicit_acc, raw_model_loss, ref_loss. With random weights implicit

@@ -44,6 +44,13 @@ CommandRunner add_launch(CLI::App& app) {
       spdlog::error("launch: no app given: lisadiff launch [options] APP [APP ARGS...]");
       return exit_code::kUsage;
     }
+    if (rest.front().rfind("-", 0) == 0) {
+      // Launcher options come before APP; a dash here is a mistyped one, not an app.
+      spdlog::error("launch: unknown option {} (the options are --num_processes, --num_machines, --machine_rank, "
+                    "--main_process_ip, --main_process_port, --mixed_precision, --gpu_ids; then APP and its arguments)",
+                    rest.front());
+      return exit_code::kUsage;
+    }
     options->app = rest.front();
     options->args.assign(rest.begin() + 1, rest.end());
     return tools::launch(*options);
