@@ -8,7 +8,8 @@ that each recipe executable keeps every flag's name, type and default.
 
 DIR is a diffusers checkout (e.g. `git worktree` of huggingface/diffusers, or the mirror's
 files). The parser is taken from the script's `parse_args` function, run on its own (only
-argparse and os are needed, not the script's imports): ArgumentParser.parse_args is replaced
+argparse and os are needed, and torchvision's transforms for train_text_to_image.py's choices,
+not the script's other imports): ArgumentParser.parse_args is replaced
 by one that hands the parser back before anything is parsed or validated.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ SCRIPTS = {
     "train_instruct_pix2pix": "examples/instruct_pix2pix/train_instruct_pix2pix.py",
     "train_diffusion_dpo": "examples/research_projects/diffusion_dpo/train_diffusion_dpo.py",
     "train_lcm_distill_sd_wds": "examples/consistency_distillation/train_lcm_distill_sd_wds.py",
+    "train_text_to_image": "examples/text_to_image/train_text_to_image.py",
 }
 
 
@@ -38,6 +40,11 @@ def script_parser(source: str) -> argparse.ArgumentParser:
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "parse_args")
     module = ast.Module(body=[fn], type_ignores=[])
     namespace = {"argparse": argparse, "os": os}
+    if "transforms." in source:
+        # train_text_to_image.py lists torchvision's InterpolationMode names as choices.
+        from torchvision import transforms
+
+        namespace["transforms"] = transforms
     exec(compile(module, "<parse_args>", "exec"), namespace)
     original = argparse.ArgumentParser.parse_args
 

@@ -16,7 +16,7 @@ CommandRunner add_launch(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "launch",
       "Run an app on several processes (accelerate launch / torchrun): lisadiff launch [options] APP [APP ARGS...]. "
-      "APP: instruct_pix2pix, diffusion_dpo, lcm_distill, a diffusers script name (train_instruct_pix2pix.py, ...) "
+      "APP: instruct_pix2pix, diffusion_dpo, lcm_distill, text_to_image, a diffusers script name (train_instruct_pix2pix.py, ...) "
       "or a path. See docs/distributed.md");
   // Everything from APP on is the app's command line.
   cmd->prefix_command();

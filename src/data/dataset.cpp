@@ -194,6 +194,17 @@ DataOptions DataOptions::for_recipe(ExampleKind kind) {
   return o;
 }
 
+DataOptions DataOptions::for_text_to_image() {
+  auto o = for_recipe(ExampleKind::kT2i);
+  o.transform.pil_filter = PilFilter::kLanczos;
+  o.transform.crop = ImageTransform::Crop::kRandom;
+  o.transform.random_flip = false;
+  o.resample_shards = false;
+  o.drop_last = false;
+  o.t2i_script_transforms = true;
+  return o;
+}
+
 void DataOptions::read(config::FieldReader& f) {
   // An int64 field read as a JSON integer of int range, as every other integer key.
   const auto read_int64 = [&f](const char* key, std::int64_t& field) {
@@ -230,6 +241,16 @@ void DataOptions::read(config::FieldReader& f) {
       f("image_column", columns.image);
       f("caption_column", columns.caption);
       if (columns.image != image_before || columns.caption != caption_before) columns.t2i_defaults = false;
+      if (t2i_script_transforms) {
+        bool center = transform.crop == ImageTransform::Crop::kCenter;
+        f("center_crop", center);
+        transform.crop = center ? ImageTransform::Crop::kCenter : ImageTransform::Crop::kRandom;
+        f("random_flip", transform.random_flip);
+        std::string mode = pil_filter_name(transform.pil_filter.value_or(PilFilter::kLanczos));
+        f("image_interpolation_mode", mode);
+        transform.pil_filter = parse_pil_filter(mode, f.source() + ": image_interpolation_mode");
+        break;
+      }
       // The LCM script defines these flags and never reads them (recipes.md 2.1).
       f.ignored("center_crop");
       f.ignored("random_flip");

@@ -111,6 +111,13 @@ struct DataOptions {
   //   dpo:       resolution 512, shorter side (bilinear) + center crop, random flip, mean/std,
   //              independent draws for the two images.
   static DataOptions for_recipe(ExampleKind kind);
+  // train_text_to_image.py's (kind t2i): resolution 512, the shorter side resized by Pillow
+  // with --image_interpolation_mode (lanczos), random crop unless center_crop, flip with
+  // random_flip, mean/std normalisation; shards read once per epoch, incomplete batches kept.
+  // read() takes center_crop, random_flip and image_interpolation_mode, which the LCM
+  // profile ignores.
+  static DataOptions for_text_to_image();
+  bool t2i_script_transforms = false;  // for_text_to_image()'s reading of those three keys
   // Reads the keys a recipe config uses (train_data_dir, train_shards_path_or_url,
   // resolution, center_crop / random_crop, random_flip / no_hflip, interpolation_type,
   // dataloader_num_workers, train_batch_size, seed, the column names, max_train_samples,

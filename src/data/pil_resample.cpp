@@ -143,13 +143,14 @@ std::vector<int> nearest_index(int in_size, int out_size) {
 }  // namespace
 
 PilFilter parse_pil_filter(const std::string& name, const std::string& source) {
-  if (name == "nearest") return PilFilter::kNearest;
+  // torchvision hands PIL images NEAREST for both nearest modes.
+  if (name == "nearest" || name == "nearest_exact") return PilFilter::kNearest;
   if (name == "box") return PilFilter::kBox;
   if (name == "bilinear") return PilFilter::kBilinear;
   if (name == "hamming") return PilFilter::kHamming;
   if (name == "bicubic") return PilFilter::kBicubic;
   if (name == "lanczos") return PilFilter::kLanczos;
-  throw Error(source, "unknown interpolation '" + name + "' (expected nearest, box, bilinear, hamming, bicubic or lanczos)");
+  throw Error(source, "unknown interpolation '" + name + "' (expected nearest, nearest_exact, box, bilinear, hamming, bicubic or lanczos)");
 }
 
 const char* pil_filter_name(PilFilter filter) {

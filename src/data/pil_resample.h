@@ -18,8 +18,9 @@ namespace lisadiff::data {
 
 enum class PilFilter { kNearest, kBox, kBilinear, kHamming, kBicubic, kLanczos };
 
-// "nearest", "box", "bilinear", "hamming", "bicubic", "lanczos" (torchvision's
-// InterpolationMode names); anything else throws lisadiff::Error naming `source`.
+// "nearest", "nearest_exact" (torchvision passes PIL NEAREST for both), "box", "bilinear",
+// "hamming", "bicubic", "lanczos" (torchvision's InterpolationMode names); anything else
+// throws lisadiff::Error naming `source`.
 PilFilter parse_pil_filter(const std::string& name, const std::string& source);
 const char* pil_filter_name(PilFilter filter);
 

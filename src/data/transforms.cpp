@@ -144,7 +144,8 @@ torch::Tensor ImageTransform::operator()(const torch::Tensor& hwc_uint8, Transfo
                   " pixels, more than 64 x resolution^2)");
     }
   }
-  auto x = data::resize(hwc_uint8.permute({2, 0, 1}), h, w, interpolation);
+  auto x = pil_filter ? pil_resize(hwc_uint8.permute({2, 0, 1}), h, w, *pil_filter)
+                      : data::resize(hwc_uint8.permute({2, 0, 1}), h, w, interpolation);
   if (crop == Crop::kRandom) {
     const auto top = draws.uniform_int(x.size(1) - resolution);
     const auto left = draws.uniform_int(x.size(2) - resolution);
@@ -158,7 +159,8 @@ torch::Tensor ImageTransform::operator()(const torch::Tensor& hwc_uint8, Transfo
 
 std::string ImageTransform::summary() const {
   return std::string(resize == Resize::kExact ? "resize to " : "resize shorter side to ") + std::to_string(resolution) +
-         " (" + interpolation_name(interpolation) + "), " + (crop == Crop::kRandom ? "random" : "center") + " crop" +
+         " (" + (pil_filter ? std::string("PIL ") + pil_filter_name(*pil_filter) : std::string(interpolation_name(interpolation))) +
+         "), " + (crop == Crop::kRandom ? "random" : "center") + " crop" +
          (random_flip ? ", random flip" : "");
 }
 

@@ -12,9 +12,12 @@
 
 #include <cstdint>
 #include <random>
+#include <optional>
 #include <string>
 
 #include <torch/torch.h>
+
+#include "data/pil_resample.h"
 
 namespace lisadiff::data {
 
@@ -72,6 +75,9 @@ struct ImageTransform {
   std::int64_t resolution = 512;
   Resize resize = Resize::kShorterSide;
   Interpolation interpolation = Interpolation::kBilinear;
+  // Resize with Pillow's resampler and this filter instead of torchvision's tensor op (the
+  // scripts whose Resize sees PIL images: text_to_image's --image_interpolation_mode).
+  std::optional<PilFilter> pil_filter;
   Crop crop = Crop::kCenter;
   bool random_flip = false;
   Normalize normalize = Normalize::kMeanStd;

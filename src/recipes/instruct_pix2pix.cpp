@@ -33,18 +33,10 @@ FlagTable instruct_pix2pix_flags() {
               "InstructPix2Pix fine-tuning of a Stable Diffusion UNet (diffusers' train_instruct_pix2pix.py), "
               "trained by LISA (default), full fine-tuning or LoRA. docs/recipes/instruct_pix2pix.md");
   add_model_flags(t);
-  t.add("Model", "non_ema_revision", FlagType::kString, nullptr, "Hub revision of the UNet");
-  t.set_handling("non_ema_revision", Handling::kNote, "no effect: the UNet is read from the local folder's unet/");
-
-  t.add(kData, "dataset_name", FlagType::kString, nullptr,
-        "a local image folder (metadata.jsonl) or webdataset shards (a folder of .tar files or a brace spec)");
-  t.add(kData, "dataset_config_name", FlagType::kString, nullptr, "datasets config name");
-  t.set_handling("dataset_config_name", Handling::kNote, "no effect: lisadiff reads local datasets");
-  t.add(kData, "train_data_dir", FlagType::kString, nullptr, "a local image folder with metadata.jsonl");
+  add_folder_dataset_flags(t);
   t.add(kData, "original_image_column", FlagType::kString, "input_image", "column of the source image");
   t.add(kData, "edited_image_column", FlagType::kString, "edited_image", "column of the edited image");
   t.add(kData, "edit_prompt_column", FlagType::kString, "edit_prompt", "column of the edit instruction");
-  t.add(kData, "max_train_samples", FlagType::kInt, nullptr, "a seeded subset of this many samples (image folders)");
   t.add(kData, "resolution", FlagType::kInt, 256, "images are resized to resolution x resolution");
   t.add(kData, "center_crop", FlagType::kSwitch, false, "center crop (a no-op after the square resize)");
   t.add(kData, "random_flip", FlagType::kSwitch, false, "random horizontal flip, the same for both images of a pair");

@@ -41,9 +41,13 @@ const char* type_name(FlagType type) {
     case FlagType::kFloat: return "FLOAT";
     case FlagType::kString: return "TEXT";
     case FlagType::kList: return "A,B,...";
+    case FlagType::kStrings: return "TEXT [TEXT ...]";
   }
   return "";
 }
+
+// The marker of a kStrings flag's values gathered before CLI11 sees them (a JSON list).
+constexpr char kGathered = '\x1f';
 
 std::string default_text(const FlagSpec& spec) {
   const auto& d = spec.default_value;
@@ -177,6 +181,9 @@ config::Json FlagTable::convert(const FlagSpec& spec, const std::string& text, c
     }
     case FlagType::kString: return check_json(spec, text, where);
     case FlagType::kList: return check_json(spec, split_list(text), where);
+    case FlagType::kStrings:
+      if (!text.empty() && text[0] == kGathered) return check_json(spec, config::Json::parse(text.substr(1)), where);
+      return check_json(spec, config::Json::array({text}), where);
   }
   return nullptr;
 }
@@ -205,6 +212,15 @@ config::Json FlagTable::check_json(const FlagSpec& spec, const config::Json& val
         throw UsageError(fmt::format("{}: '{}' is not one of {}", where, text, joined(spec.choices)));
       }
       return value;
+    }
+    case FlagType::kStrings: {
+      const auto list = value.is_string() ? config::Json::array({value}) : value;
+      bool strings = list.is_array() && !list.empty();
+      for (const auto& item : list) strings = strings && item.is_string();
+      if (!strings) {
+        throw UsageError(fmt::format("{}: expected one or more strings, got {}", where, config::describe_json(value)));
+      }
+      return list;
     }
     case FlagType::kList: {
       const auto list = value.is_string() ? split_list(value.get<std::string>()) : value;
@@ -258,7 +274,28 @@ ParsedArgs FlagTable::parse(const std::vector<std::string>& args) const {
       return out;
     }
   }
-  std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 takes them last-first
+  // nargs="+" flags: the arguments up to the next --flag become one value (a JSON list).
+  std::vector<std::string> gathered;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto& a = args[i];
+    const auto* spec = a.rfind("--", 0) == 0 ? find(a.substr(2, a.find('=') == std::string::npos ? std::string::npos
+                                                                                                : a.find('=') - 2))
+                                              : nullptr;
+    if (!spec || spec->type != FlagType::kStrings) {
+      gathered.push_back(a);
+      continue;
+    }
+    config::Json list = config::Json::array();
+    if (const auto eq = a.find('='); eq != std::string::npos) {
+      list.push_back(a.substr(eq + 1));
+    } else {
+      while (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) list.push_back(args[++i]);
+      if (list.empty()) throw UsageError(fmt::format("--{}: expected one or more values", spec->name));
+    }
+    gathered.push_back("--" + spec->name);
+    gathered.push_back(std::string(1, kGathered) + list.dump());
+  }
+  std::vector<std::string> reversed(gathered.rbegin(), gathered.rend());  // CLI11 takes them last-first
   try {
     app.parse(reversed);
   } catch (const CLI::ParseError& e) {

@@ -43,7 +43,10 @@ class UsageError : public Error {
 
 // kList: comma-separated on the command line ("to_q,to_k"), a list of strings (or that
 // comma-separated string) in a config file; parsed as a JSON list of strings.
-enum class FlagType { kSwitch, kInt, kFloat, kString, kList };
+// kStrings: argparse's nargs="+" (--validation_prompts "a cat" "a dog, at night"): every
+// argument up to the next --flag is one string, commas included; in a config file a list of
+// strings or one string.
+enum class FlagType { kSwitch, kInt, kFloat, kString, kList, kStrings };
 
 enum class Handling {
   kNormal,  // lisadiff does what the flag says

@@ -39,6 +39,17 @@ void add_model_flags(FlagTable& t) {
   t.set_handling("cache_dir", Handling::kNote, "no effect: lisadiff keeps no download cache");
 }
 
+void add_folder_dataset_flags(FlagTable& t) {
+  t.add(kModel, "non_ema_revision", FlagType::kString, nullptr, "Hub revision of the non-EMA UNet");
+  t.set_handling("non_ema_revision", Handling::kNote, "no effect: the UNet is read from the local folder's unet/");
+  t.add("Data", "dataset_name", FlagType::kString, nullptr,
+        "a local image folder (metadata.jsonl) or webdataset shards (a folder of .tar files or a brace spec)");
+  t.add("Data", "dataset_config_name", FlagType::kString, nullptr, "datasets config name");
+  t.set_handling("dataset_config_name", Handling::kNote, "no effect: lisadiff reads local datasets");
+  t.add("Data", "train_data_dir", FlagType::kString, nullptr, "a local image folder with metadata.jsonl");
+  t.add("Data", "max_train_samples", FlagType::kInt, nullptr, "a seeded subset of this many samples (image folders)");
+}
+
 void add_training_flags(FlagTable& t) {
   t.add(kTraining, "output_dir", FlagType::kString, "output", "where checkpoints, metrics and the result go");
   t.add(kTraining, "seed", FlagType::kInt, nullptr,

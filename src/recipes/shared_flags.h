@@ -20,6 +20,11 @@ namespace lisadiff::recipes {
 
 // --pretrained_model_name_or_path (required), --revision, --variant, --cache_dir.
 void add_model_flags(FlagTable& table);
+// The dataset flags of the scripts that read `datasets` image folders (InstructPix2Pix,
+// text-to-image): --dataset_name, --dataset_config_name (a note), --train_data_dir,
+// --max_train_samples; and --non_ema_revision (a note).
+void add_folder_dataset_flags(FlagTable& table);
+
 // The training loop, optimizer, precision, checkpoint and logging flags of the scripts, and
 // the Python/Hub flags (accepted with a note, or refused: --push_to_hub).
 void add_training_flags(FlagTable& table);

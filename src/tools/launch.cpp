@@ -41,6 +41,9 @@ const std::vector<KnownApp>& known_apps() {
       {"lcm_distill", "lcm_distill", {}},
       {"train_lcm_distill_sd_wds.py", "lcm_distill", {}},
       {"train_lcm_distill_lora_sd_wds.py", "lcm_distill", {"--method", "lora"}},
+      {"text_to_image", "text_to_image", {}},
+      {"train_text_to_image.py", "text_to_image", {}},
+      {"train_text_to_image_lora.py", "text_to_image", {"--method", "lora"}},
   };
   return apps;
 }

@@ -8,6 +8,7 @@
 #include "data/image.h"
 #include "data/loader.h"
 #include "data/sources.h"
+#include "io/atomic_file.h"
 #include "test_util.h"
 #include "tools/make_dataset.h"
 
@@ -508,6 +509,70 @@ TEST(Shards, BraceExpansion) {
   EXPECT_THROW_WITH(expand_braces("a{5..2}.tar"), "backwards");
   EXPECT_EQ(seeded_permutation(5, 1), seeded_permutation(5, 1));
   EXPECT_NE(seeded_permutation(50, 1), seeded_permutation(50, 2));
+}
+
+}  // namespace
+}  // namespace lisadiff
+
+namespace lisadiff {
+namespace {
+
+using namespace data;
+
+// train_text_to_image.py's data: Pillow's resize with --image_interpolation_mode (lanczos by
+// default), random crop unless --center_crop, flip only with --random_flip; the LCM profile
+// still ignores those flags.
+TEST(DataOptions, TextToImageProfile) {
+  const auto read = [](config::Json j, DataOptions o) {
+    config::FieldReader f(j, "cfg.json");
+    o.read(f);
+    return o;
+  };
+  const auto t2i = read({{"train_data_dir", "/d"}}, DataOptions::for_text_to_image());
+  ASSERT_TRUE(t2i.transform.pil_filter.has_value());
+  EXPECT_EQ(*t2i.transform.pil_filter, PilFilter::kLanczos);
+  EXPECT_EQ(t2i.transform.crop, ImageTransform::Crop::kRandom);
+  EXPECT_FALSE(t2i.transform.random_flip);
+  EXPECT_FALSE(t2i.drop_last);
+  EXPECT_FALSE(t2i.resample_shards);
+  const auto set = read({{"train_data_dir", "/d"}, {"center_crop", true}, {"random_flip", true},
+                         {"image_interpolation_mode", "bicubic"}},
+                        DataOptions::for_text_to_image());
+  EXPECT_EQ(*set.transform.pil_filter, PilFilter::kBicubic);
+  EXPECT_EQ(set.transform.crop, ImageTransform::Crop::kCenter);
+  EXPECT_TRUE(set.transform.random_flip);
+  EXPECT_NE(set.transform.summary().find("PIL bicubic"), std::string::npos) << set.transform.summary();
+  EXPECT_THROW_WITH(read({{"train_data_dir", "/d"}, {"image_interpolation_mode", "cubic"}}, DataOptions::for_text_to_image()),
+                    "cfg.json: image_interpolation_mode", "unknown interpolation 'cubic'");
+  const auto lcm = read({{"train_data_dir", "/d"}, {"center_crop", true}, {"random_flip", true}},
+                        DataOptions::for_recipe(ExampleKind::kT2i));
+  EXPECT_FALSE(lcm.transform.pil_filter.has_value());
+  EXPECT_EQ(lcm.transform.crop, ImageTransform::Crop::kRandom);
+  EXPECT_FALSE(lcm.transform.random_flip);
+}
+
+// The loader with the profile: each image is the decoded file resized by Pillow's lanczos
+// (shorter side), center-cropped and mapped to [-1, 1].
+TEST(DataLoader, TextToImageProfileResizesWithPillowsLanczos) {
+  testing::TempDir tmp;
+  const auto dir = make(tmp, "t2i", "folder", 4, /*vary_size=*/true);
+  auto o = DataOptions::for_text_to_image();
+  o.train_data_dir = dir.string();
+  o.transform.resolution = 24;
+  o.transform.crop = ImageTransform::Crop::kCenter;
+  o.batch_size = 1;
+  o.shuffle = false;
+  DataLoader loader(o);
+  const auto rows = metadata(dir);
+  for (int i = 0; i < 4; ++i) {
+    const auto b = loader.next();
+    const auto file = dir / rows[static_cast<std::size_t>(i)].at("file_name").get<std::string>();
+    const auto hwc = decode_image(io::read_file(file), file.string());
+    const auto [h, w] = shorter_side_size(hwc.size(0), hwc.size(1), 24);
+    const auto expected =
+        to_signed_unit(center_crop(pil_resize(hwc.permute({2, 0, 1}), h, w, PilFilter::kLanczos), 24, 24));
+    EXPECT_TRUE(testing::same_tensor(b.images[0][0], expected)) << file;
+  }
 }
 
 }  // namespace

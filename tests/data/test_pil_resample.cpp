@@ -69,6 +69,7 @@ save_file(out, sys.argv[2])
 
 TEST(PilResample, NamesAndBadInput) {
   EXPECT_EQ(data::parse_pil_filter("lanczos", "x"), data::PilFilter::kLanczos);
+  EXPECT_EQ(data::parse_pil_filter("nearest_exact", "x"), data::PilFilter::kNearest);  // torchvision's PIL mapping
   EXPECT_THROW_WITH(data::parse_pil_filter("cubic", "--image_interpolation_mode"), "--image_interpolation_mode",
                     "unknown interpolation 'cubic'");
   EXPECT_THROW_WITH(data::pil_resize(torch::zeros({3, 4, 4}), 2, 2, data::PilFilter::kBox), "uint8");

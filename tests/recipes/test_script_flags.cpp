@@ -9,6 +9,7 @@
 #include "recipes/diffusion_dpo.h"
 #include "recipes/instruct_pix2pix.h"
 #include "recipes/lcm_distill.h"
+#include "recipes/text_to_image.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -23,6 +24,7 @@ const char* kind_name(FlagType t) {
     case FlagType::kFloat: return "float";
     case FlagType::kString: return "string";
     case FlagType::kList: return "list";
+    case FlagType::kStrings: return "list";
   }
   return "?";
 }
@@ -74,6 +76,26 @@ TEST(ScriptFlags, DiffusionDpoKeepsEveryFlagOfTheScript) {
 
 TEST(ScriptFlags, LcmDistillKeepsEveryFlagOfTheScript) {
   expect_table_keeps_script_flags(recipes::lcm_distill_flags(), "train_lcm_distill_sd_wds.flags.json", {});
+}
+
+TEST(ScriptFlags, TextToImageKeepsEveryFlagOfTheScript) {
+  expect_table_keeps_script_flags(recipes::text_to_image_flags(), "train_text_to_image.flags.json", {});
+}
+
+// nargs="+": every argument up to the next flag is one value, commas kept; a config file may
+// give a list or one string.
+TEST(ScriptFlags, ValidationPromptsTakeSeveralArguments) {
+  const auto table = recipes::text_to_image_flags();
+  const auto parsed = table.parse(std::vector<std::string>{"--pretrained_model_name_or_path", "sd", "--validation_prompts",
+                                                           "a cat", "a dog, at night", "--resolution", "64"});
+  EXPECT_EQ(parsed.values.at("validation_prompts"), config::Json::array({"a cat", "a dog, at night"}));
+  EXPECT_EQ(parsed.values.at("resolution"), 64);
+  EXPECT_EQ(table.parse(std::vector<std::string>{"--pretrained_model_name_or_path", "sd", "--validation_prompts=one, two"})
+                .values.at("validation_prompts"),
+            config::Json::array({"one, two"}));
+  EXPECT_THROW(table.parse(std::vector<std::string>{"--pretrained_model_name_or_path", "sd", "--validation_prompts",
+                                                    "--resolution", "64"}),
+               recipes::UsageError);
 }
 
 // The LISA-diffusion README's LCM command parses as written (the model and the shards named
