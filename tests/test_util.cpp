@@ -180,4 +180,10 @@ std::vector<std::pair<std::string, torch::Tensor>> dtype_sample() {
   return out;
 }
 
+std::pair<int, std::string> run_reference(const std::string& script, const std::filesystem::path& pipeline,
+                                          const std::filesystem::path& inputs, const std::filesystem::path& out) {
+  return run_command(test_python() + " " + (tests_dir().parent_path() / "scripts" / script).string() + " --pipeline " +
+                     pipeline.string() + " --inputs " + inputs.string() + " --out " + out.string() + " 2>&1");
+}
+
 }  // namespace lisadiff::testing

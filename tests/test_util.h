@@ -64,6 +64,11 @@ class CapturedLog {
 // Runs a shell command; returns its exit status and (stdout + stderr).
 std::pair<int, std::string> run_command(const std::string& command);
 
+// A recipe parity test's Python reference: scripts/<script> --pipeline P --inputs DIR --out
+// FILE with the venv's python; returns its exit status and output.
+std::pair<int, std::string> run_reference(const std::string& script, const std::filesystem::path& pipeline,
+                                          const std::filesystem::path& inputs, const std::filesystem::path& out);
+
 }  // namespace lisadiff::testing
 
 // Asserts that `statement` throws lisadiff::Error and its message contains every

@@ -145,10 +145,7 @@ TEST_P(DiffusionDpoParity, TenStepsEqualThePythonReference) {
   settings["method"] = train::method_name(method);
   settings["sets"] = sets;
   testing::write_file(tmp / "inputs/settings.json", settings.dump());
-  const auto [rc, log] = testing::run_command(testing::test_python() + " " +
-                                              (testing::tests_dir().parent_path() / "scripts/dpo_reference.py").string() +
-                                              " --pipeline " + base.string() + " --inputs " + (tmp / "inputs").string() +
-                                              " --out " + (tmp / "ref.safetensors").string() + " 2>&1");
+  const auto [rc, log] = testing::run_reference("dpo_reference.py", base, tmp / "inputs", tmp / "ref.safetensors");
   ASSERT_EQ(rc, 0) << log;
   const io::SafetensorsReader ref(tmp / "ref.safetensors");
 

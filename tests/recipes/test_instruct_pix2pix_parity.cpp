@@ -123,10 +123,7 @@ TEST_P(InstructPix2PixMethodParity, TenStepsEqualThePythonReference) {
   settings["method"] = method == train::TrainMethod::kLisa ? "lisa" : "full";
   settings["sets"] = sets;
   testing::write_file(tmp / "inputs/settings.json", settings.dump());
-  const auto [rc, log] = testing::run_command(testing::test_python() + " " +
-                                              (testing::tests_dir().parent_path() / "scripts/ip2p_reference.py").string() +
-                                              " --pipeline " + base.string() + " --inputs " + (tmp / "inputs").string() +
-                                              " --out " + (tmp / "ref.safetensors").string() + " 2>&1");
+  const auto [rc, log] = testing::run_reference("ip2p_reference.py", base, tmp / "inputs", tmp / "ref.safetensors");
   ASSERT_EQ(rc, 0) << log;
   const io::SafetensorsReader ref(tmp / "ref.safetensors");
 
