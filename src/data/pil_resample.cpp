@@ -109,7 +109,7 @@ inline uint8_t clip8(int v) {
 
 // One pass along the last axis of a [rows, in] plane into [rows, out] (`stride` between
 // consecutive inputs of a row, `row_stride` between rows; the output is dense).
-void resample_rows(const uint8_t* in, int rows, int in_size, std::ptrdiff_t stride, std::ptrdiff_t row_stride,
+void resample_rows(const uint8_t* in, int rows, std::ptrdiff_t stride, std::ptrdiff_t row_stride,
                    uint8_t* out, int out_size, std::ptrdiff_t out_stride, std::ptrdiff_t out_row_stride,
                    const Coefficients& c) {
   for (int r = 0; r < rows; ++r) {
@@ -122,7 +122,6 @@ void resample_rows(const uint8_t* in, int rows, int in_size, std::ptrdiff_t stri
       for (int x = 0; x < n; ++x) ss += static_cast<int>(src[(x + xmin) * stride]) * k[x];
       dst[xx * out_stride] = clip8(ss);
     }
-    (void)in_size;
   }
 }
 
@@ -195,15 +194,15 @@ torch::Tensor pil_resize(const torch::Tensor& chw_uint8, std::int64_t height, st
   if (w != W) {
     mid = torch::empty({C, H, w}, torch::kUInt8);
     const auto cx = coefficients(W, w, kernel);
-    resample_rows(src, C * H, W, 1, W, mid.data_ptr<uint8_t>(), w, 1, w, cx);
+    resample_rows(src, C * H, 1, W, mid.data_ptr<uint8_t>(), w, 1, w, cx);
   }
   if (h == H) return mid;
   const auto cy = coefficients(H, h, kernel);
   const uint8_t* m = mid.data_ptr<uint8_t>();
   for (int c = 0; c < C; ++c) {
     // Columns as rows: stride w between the inputs of a column, 1 between columns.
-    resample_rows(m + static_cast<std::ptrdiff_t>(c) * H * w, w, H, w, 1, dst + static_cast<std::ptrdiff_t>(c) * h * w, h,
-                  w, 1, cy);
+    resample_rows(m + static_cast<std::ptrdiff_t>(c) * H * w, w, w, 1, dst + static_cast<std::ptrdiff_t>(c) * h * w, h, w,
+                  1, cy);
   }
   return out;
 }

@@ -167,30 +167,27 @@ double ProcessGroup::mean(double value) {
 }
 
 std::vector<std::string> ProcessGroup::allgather(const std::string& mine) {
-  auto length = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64).to(device());
-  allreduce(length, Op::kMax);
-  const int64_t n = length.cpu().item<int64_t>();
-  // Rows of zeros but this rank's; the sum is every rank's bytes (int32: exact).
+  // Every rank's length first (a row of zeros but this rank's entry), then the bytes the same
+  // way, padded to the longest (int32 sums of one non-zero term: exact).
+  auto lengths = torch::zeros({size()}, torch::kInt64);
+  lengths[rank()] = static_cast<int64_t>(mine.size());
+  auto on_device = lengths.to(device());
+  allreduce(on_device, Op::kSum);
+  lengths = on_device.cpu();
+  const int64_t n = lengths.max().item<int64_t>();
   auto rows = torch::zeros({size(), n}, torch::kInt32);
   auto* row = rows.data_ptr<int32_t>() + rank() * n;
   for (std::size_t k = 0; k < mine.size(); ++k) row[k] = static_cast<unsigned char>(mine[k]);
-  auto on = rows.to(device());
-  allreduce(on, Op::kSum);
-  const auto host = on.cpu();
+  auto gathered = rows.to(device());
+  allreduce(gathered, Op::kSum);
+  const auto host = gathered.cpu();
   const auto* data = host.data_ptr<int32_t>();
   std::vector<std::string> out;
   for (int r = 0; r < size(); ++r) {
-    std::string text(static_cast<std::size_t>(n), '\0');
-    for (int64_t k = 0; k < n; ++k) text[static_cast<std::size_t>(k)] = static_cast<char>(data[r * n + k]);
+    std::string text(static_cast<std::size_t>(lengths[r].item<int64_t>()), '\0');
+    for (std::size_t k = 0; k < text.size(); ++k) text[k] = static_cast<char>(data[r * n + static_cast<int64_t>(k)]);
     out.push_back(std::move(text));
   }
-  // Trailing zeros of shorter payloads: every rank sends its length too.
-  auto lengths = torch::zeros({size()}, torch::kInt64);
-  lengths[rank()] = static_cast<int64_t>(mine.size());
-  auto lon = lengths.to(device());
-  allreduce(lon, Op::kSum);
-  const auto lh = lon.cpu();
-  for (int r = 0; r < size(); ++r) out[static_cast<std::size_t>(r)].resize(static_cast<std::size_t>(lh[r].item<int64_t>()));
   return out;
 }
 

@@ -749,7 +749,7 @@ void Trainer::load_checkpoint(const fs::path& dir) {
   const int rank = distributed() ? options_.group->rank() : 0;
   const auto rank_file = dir / fmt::format("random_states_{}.safetensors", rank);
   const bool own = rank == 0 || fs::exists(rank_file);
-  load_rng_states(own ? (rank == 0 ? dir / "random_states.safetensors" : rank_file) : dir / "random_states.safetensors");
+  load_rng_states(rank > 0 && own ? rank_file : dir / "random_states.safetensors");
   // A rank the checkpoint has no states for (it had fewer processes): rank 0's, re-seeded
   // with this rank and step, so that this rank's stream is its own and not its first one again.
   if (!own) reseed_default_generators(static_cast<uint64_t>(rank) + (static_cast<uint64_t>(global_step()) << 20));
