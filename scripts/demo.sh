@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The README's demo command: sets up and builds whatever is missing, then writes two Stable
-# Diffusion pipelines with random weights with `lisadiff init-pipeline` (the tiny preset and
-# the full SD1.5 architecture, 4.3 GB), shows what `lisadiff inspect` reports about them, and
-# writes two small synthetic datasets with `lisadiff make-dataset` (DPO pairs as webdataset
-# shards, text-to-image as an image folder), and ends with a captioned grid of images that
-# `lisadiff generate` makes with the tiny pipeline, after a short InstructPix2Pix LISA run of the
-# tiny pipeline on synthetic edits and an edit made with its result, and a short Diffusion-DPO
-# LISA run on the synthetic preference pairs with the plot of its metrics, and a short LCM-LISA
-# distillation of the tiny pipeline on synthetic text-to-image shards, sampled in 4 steps.
-# LISADIFF_DEMO_SD15=0 skips the SD1.5-size pipeline. Later issues grow this into a LISA run.
+# The README's demo command, a tour of the product: sets up and builds whatever is missing, then
+#   1. the shapes model: a small pipeline that lisadiff trains from random weights on synthetic
+#      coloured shapes (scripts/make_shapes_model.sh; about 10 minutes the first time, then cached)
+#   2. a LISA fine-tune of it with text_to_image on a colour it never saw (orange), images for
+#      held-out prompts before and after, `lisadiff score` on both, `lisadiff plot` of the run
+#   3. the other recipes for a few steps each (InstructPix2Pix, also on 2 processes with
+#      lisadiff launch; Diffusion-DPO; LCM distillation sampled in 4 steps), `init-pipeline` and
+#      `inspect` of a tiny pipeline, and a generated grid
+# and prints where the pictures are. LISADIFF_DEMO_SD15=1 also writes and inspects a pipeline of
+# the full SD1.5 architecture (4.3 GB).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${LISADIFF_BUILD_DIR:-$ROOT/build}"
@@ -16,6 +16,39 @@ lisadiff="$BUILD/apps/lisadiff"
 
 "$ROOT/scripts/setup.sh"
 out="$BUILD/demo"
+tour_start=$SECONDS
+mkdir -p "$out"
+
+# 1. The shapes model (cached in ~/.cache/lisadiff/shapes-model-v1, or $LISADIFF_CACHE_DIR).
+shapes="${LISADIFF_CACHE_DIR:-$HOME/.cache/lisadiff}/shapes-model-v1"
+echo "[demo] scripts/make_shapes_model.sh: a pipeline trained from random weights on coloured shapes"
+"$ROOT/scripts/make_shapes_model.sh" "$shapes"
+
+# 2. LISA teaches it a colour it never saw. Held-out prompts before and after, scored.
+known=red,green,blue,yellow,purple,white,black
+"$lisadiff" make-dataset --kind t2i --format folder --n 600 --size 32 --seed 11 --colors orange \
+  --backgrounds "$known" --out "$out/orange" --overwrite
+"$lisadiff" make-dataset --kind t2i --format folder --n 16 --size 32 --seed 12 --colors orange \
+  --backgrounds "$known" --out "$out/orange-heldout" --overwrite
+sed -e 's/.*"text":"\([^"]*\)".*/\1/' "$out/orange-heldout/metadata.jsonl" > "$out/orange-prompts.txt"
+echo "[demo] lisadiff generate + score: the shapes model on 16 orange prompts (before)"
+"$lisadiff" --log-level warn generate "$shapes" --prompts "$out/orange-prompts.txt" --scheduler ddim --steps 25 \
+  --guidance_scale 1 --seed 0 --out "$out/orange-before" --overwrite
+"$lisadiff" score "$out/orange-before"
+echo "[demo] text_to_image --method lisa: 300 steps on 600 orange shapes -> $out/t2i-lisa"
+rm -rf "$out/t2i-lisa"
+"$BUILD/apps/text_to_image" --pretrained_model_name_or_path "$shapes" --train_data_dir "$out/orange" \
+  --resolution 32 --train_batch_size 16 --max_train_steps 300 --learning_rate 3e-4 --lr_scheduler constant \
+  --method lisa --lisa_n_active 8 --lisa_interval 20 --seed 1 --output_dir "$out/t2i-lisa"
+echo "[demo] lisadiff generate + score: the fine-tuned model on the same prompts and seeds (after)"
+"$lisadiff" --log-level warn generate "$out/t2i-lisa" --prompts "$out/orange-prompts.txt" --scheduler ddim \
+  --steps 25 --guidance_scale 1 --seed 0 --out "$out/orange-after" --overwrite
+"$lisadiff" score "$out/orange-after"
+"$lisadiff" plot "$out/t2i-lisa" --out "$out/t2i-lisa/metrics.png"
+echo "[demo] before: $out/orange-before/grid.png  after: $out/orange-after/grid.png  the run: $out/t2i-lisa (metrics.png)"
+echo "[demo] the tour so far took $((SECONDS - tour_start)) s; the other recipes follow"
+
+# 3. The rest of the product, briefly.
 echo "[demo] lisadiff init-pipeline --preset tiny --seed 0 --out $out/tiny-sd"
 "$lisadiff" init-pipeline --preset tiny --seed 0 --out "$out/tiny-sd" --overwrite
 echo "[demo] lisadiff inspect $out/tiny-sd"
@@ -26,7 +59,7 @@ echo "[demo] lisadiff make-dataset --kind t2i --format folder --n 64 --size 128 
 "$lisadiff" make-dataset --kind t2i --format folder --n 64 --size 128 --seed 0 --out "$out/shapes-t2i" --overwrite
 head -n 3 "$out/shapes-t2i/metadata.jsonl"
 
-if [ "${LISADIFF_DEMO_SD15:-1}" != 0 ]; then
+if [ "${LISADIFF_DEMO_SD15:-0}" != 0 ]; then
   if [ ! -f "$out/sd15/model_index.json" ]; then
     echo "[demo] lisadiff init-pipeline --preset sd15 --seed 0 --out $out/sd15 (4.3 GB)"
     start=$SECONDS
@@ -93,9 +126,15 @@ echo "[demo] lisadiff generate $out/tiny-sd --unet $out/lcm-lisa/unet --schedule
 "$lisadiff" plot "$out/lcm-lisa" --out "$out/lcm-lisa/metrics.png"
 echo "[demo] the run: $out/lcm-lisa (unet/, unet_target/, checkpoints, validation/, metrics.png); 4-step images: $out/lcm-generated"
 
-# Last: pictures. The tiny pipeline has random weights, so its images are structured noise
-# until a recipe trains it; the grid shows the pipeline, the captions and the seeds.
-echo "[demo] lisadiff generate $out/tiny-sd --prompt 'a red circle' --prompt 'a blue square' --images_per_prompt 2 --out $out/generated"
-"$lisadiff" generate "$out/tiny-sd" --prompt "a red circle" --prompt "a blue square" --images_per_prompt 2 \
-  --steps 20 --seed 0 --out "$out/generated" --overwrite
-echo "[demo] the grid: $out/generated/grid.png (and one PNG per image with its parameters, images.jsonl)"
+# Last: pictures from the fine-tuned shapes model, the new colour and the old ones.
+echo "[demo] lisadiff generate $out/t2i-lisa: four prompts, two seeds each -> $out/generated"
+"$lisadiff" generate "$out/t2i-lisa" --prompt "a orange circle on a blue background" \
+  --prompt "a orange triangle on a black background" --prompt "a red square on a white background" \
+  --prompt "a green triangle on a purple background" --images_per_prompt 2 --scheduler ddim --steps 25 \
+  --guidance_scale 1 --seed 0 --out "$out/generated" --overwrite
+echo "[demo] done in $((SECONDS - tour_start)) s. Pictures:"
+echo "  $out/orange-before/grid.png   the shapes model on orange prompts (it never saw orange)"
+echo "  $out/orange-after/grid.png    the same prompts and seeds after 300 LISA steps"
+echo "  $out/t2i-lisa/metrics.png     the LISA run's loss and learning rate"
+echo "  $out/generated/grid.png       the fine-tuned model on new and old colours"
+echo "  $out/ip2p-edit, $out/lcm-generated, $out/dpo-lisa/metrics.png   the other recipes"

@@ -36,6 +36,15 @@ CommandRunner add_make_dataset(CLI::App& app) {
   cmd->add_option("--tie-share", options->tie_share, "dpo: fraction of ties (label_0 0.5)")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  cmd->add_option("--colors", options->colors, "t2i: the colours shapes may have, comma-separated (default: all 8)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  cmd->add_option("--backgrounds", options->backgrounds, "t2i: the colours backgrounds may have (default: all 8)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  cmd->add_option("--shapes", options->shapes, "t2i: the shapes drawn: circle, square, triangle (default: all)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
   cmd->add_flag("--overwrite", options->overwrite, "Replace --out if it exists and is not empty");
   return [cmd, options]() {
     if (!cmd->parsed()) return -1;

@@ -16,5 +16,8 @@ CommandRunner add_plot(CLI::App& app);
 CommandRunner add_make_dataset(CLI::App& app);
 CommandRunner add_generate(CLI::App& app);
 CommandRunner add_launch(CLI::App& app);
+CommandRunner add_score(CLI::App& app);
+CommandRunner add_train_vae(CLI::App& app);
+CommandRunner add_eval_loss(CLI::App& app);
 
 }  // namespace lisadiff::cli

@@ -22,7 +22,9 @@ int main(int argc, char** argv) {
 
   const std::vector<cli::CommandRunner> commands = {cli::add_inspect(app), cli::add_init_pipeline(app),
                                                     cli::add_plot(app), cli::add_make_dataset(app),
-                                                    cli::add_generate(app), cli::add_launch(app)};
+                                                    cli::add_generate(app), cli::add_launch(app),
+                                                    cli::add_score(app), cli::add_train_vae(app),
+                                                    cli::add_eval_loss(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -70,8 +70,7 @@ FlagTable diffusion_dpo_flags() {
         "1e-4; 0: a fixed reference, as the DPO paper and the script)");
 
   add_method_flags(t, "lora");
-  t.add("Method (lisadiff: lisa, full or lora)", "rank", FlagType::kInt, 4,
-        "LoRA rank (the script's name for --lora_rank; alpha = rank)");
+  add_rank_alias_flag(t);
   t.set_default("lora_init", "gaussian");  // the script's init_lora_weights="gaussian"
   return t;
 }
@@ -201,17 +200,6 @@ RecipeSettings read_settings(config::FieldReader& r) {
     throw UsageError(fmt::format("--ref_update_rate must be in [0, 1], got {}", s.ref_update_rate));
   }
   return s;
-}
-
-// --rank is the script's name of --lora_rank: one value for both, and a conflict is an error.
-void merge_rank_alias(const ParsedArgs& parsed, Json& values) {
-  const bool rank = parsed.values.contains("rank"), lora_rank = parsed.values.contains("lora_rank");
-  if (rank && lora_rank && parsed.values.at("rank") != parsed.values.at("lora_rank")) {
-    throw UsageError(fmt::format("--rank {} and --lora_rank {}: the same setting given twice with different values",
-                                 parsed.values.at("rank").dump(), parsed.values.at("lora_rank").dump()));
-  }
-  if (rank) values["lora_rank"] = values.at("rank");
-  values["rank"] = values.at("lora_rank");
 }
 
 // The script names its outputs after LoRA; --method lisa and full default to the LISA fork's

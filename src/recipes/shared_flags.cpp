@@ -144,6 +144,21 @@ void add_method_flags(FlagTable& t, const std::string& default_method) {
                {"kaiming", "gaussian"});
 }
 
+void add_rank_alias_flag(FlagTable& t) {
+  t.add(kMethod, "rank", FlagType::kInt, 4, "LoRA rank (the diffusers LoRA scripts' name for --lora_rank)");
+}
+
+// --rank is the script's name of --lora_rank: one value for both, and a conflict is an error.
+void merge_rank_alias(const ParsedArgs& parsed, config::Json& values) {
+  const bool rank = parsed.values.contains("rank"), lora_rank = parsed.values.contains("lora_rank");
+  if (rank && lora_rank && parsed.values.at("rank") != parsed.values.at("lora_rank")) {
+    throw UsageError(fmt::format("--rank {} and --lora_rank {}: the same setting given twice with different values",
+                                 parsed.values.at("rank").dump(), parsed.values.at("lora_rank").dump()));
+  }
+  if (rank) values["lora_rank"] = values.at("rank");
+  values["rank"] = values.at("lora_rank");
+}
+
 config::Json recipe_values(const FlagTable& table, const ParsedArgs& parsed) {
   auto values = table.defaults_json();
   for (auto it = parsed.values.begin(); it != parsed.values.end(); ++it) values[it.key()] = it.value();

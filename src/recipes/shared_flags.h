@@ -33,6 +33,12 @@ void add_training_flags(FlagTable& table);
 void add_method_flags(FlagTable& table, const std::string& default_method);
 
 // The parsed values over the table's defaults, so that every flag has a value, with the
+// --rank, the diffusers LoRA scripts' name of --lora_rank (train_diffusion_dpo.py,
+// train_text_to_image_lora.py): add_rank_alias_flag adds it to a table; merge_rank_alias makes
+// both keys hold one value after recipe_values (a conflict on the command line is a UsageError).
+void add_rank_alias_flag(FlagTable& table);
+void merge_rank_alias(const ParsedArgs& parsed, config::Json& values);
+
 // None values the readers cannot take resolved: --seed None becomes a random seed (logged),
 // --mixed_precision None "no", --lisa_seed None the run's seed. Read train::TrainerOptions
 // from it with TrainerOptions::read (the keys of add_training_flags and add_method_flags).

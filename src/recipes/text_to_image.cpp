@@ -56,6 +56,7 @@ FlagTable text_to_image_flags() {
   t.add(kRecipe, "foreach_ema", FlagType::kSwitch, false, "foreach EMA update");
   t.set_handling("foreach_ema", Handling::kNote, "no effect: lisadiff's EMA update is its own");
   add_method_flags(t, "lisa");
+  add_rank_alias_flag(t);
   return t;
 }
 
@@ -176,6 +177,7 @@ void run_text_to_image(const ParsedArgs& parsed) {
   auto run = start_run(table, parsed);
   auto& values = run.values;
   const auto& source = run.source;
+  merge_rank_alias(parsed, values);
   config::FieldReader reader(values, source);
   const auto settings = read_settings(reader);
   check_resolution(values);

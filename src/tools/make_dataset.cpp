@@ -95,13 +95,34 @@ struct Scene {
   int left = 0, top = 0, extent = 0;  // the shape's bounding square
 };
 
+// Palette or shape indices of `names` (all `count` of them when empty).
+std::vector<int> indices_of(const std::vector<std::string>& names, const std::vector<std::string>& all) {
+  std::vector<int> out;
+  for (int i = 0; i < static_cast<int>(all.size()); ++i) {
+    if (names.empty() || std::find(names.begin(), names.end(), all[static_cast<std::size_t>(i)]) != names.end()) {
+      out.push_back(i);
+    }
+  }
+  return out;
+}
+
 Scene draw_scene(std::mt19937_64& rng, const MakeDatasetOptions& o) {
   Scene s;
   s.width = o.vary_size ? between(rng, o.size, o.size * 3 / 2) : o.size;
   s.height = o.vary_size ? between(rng, o.size, o.size * 3 / 2) : o.size;
-  s.background = below(rng, kColors);
-  s.color = other_color(rng, s.background, s.background);
-  s.shape = static_cast<Shape>(below(rng, kShapes));
+  if (o.colors.empty() && o.backgrounds.empty() && o.shapes.empty()) {
+    s.background = below(rng, kColors);
+    s.color = other_color(rng, s.background, s.background);
+    s.shape = static_cast<Shape>(below(rng, kShapes));
+  } else {
+    const auto backgrounds = indices_of(o.backgrounds, dataset_color_names());
+    s.background = backgrounds[static_cast<std::size_t>(below(rng, static_cast<int>(backgrounds.size())))];
+    auto colors = indices_of(o.colors, dataset_color_names());
+    colors.erase(std::remove(colors.begin(), colors.end(), s.background), colors.end());  // validate() keeps one
+    s.color = colors[static_cast<std::size_t>(below(rng, static_cast<int>(colors.size())))];
+    const auto shapes = indices_of(o.shapes, dataset_shape_names());
+    s.shape = static_cast<Shape>(shapes[static_cast<std::size_t>(below(rng, static_cast<int>(shapes.size())))]);
+  }
   // A margin keeps the corners background (a reader can take the background colour there),
   // and the shape is a third to two thirds of the short side across.
   const int short_side = std::min(s.width, s.height);
@@ -397,6 +418,11 @@ const std::vector<std::string>& dataset_color_names() {
   return names;
 }
 
+const std::vector<std::string>& dataset_shape_names() {
+  static const std::vector<std::string> names(kShapeNames.begin(), kShapeNames.end());
+  return names;
+}
+
 std::optional<Rgb> dataset_color(std::string_view name) {
   for (const auto& c : kPalette) {
     if (name == c.name) return c.rgb;
@@ -432,6 +458,25 @@ void validate(const MakeDatasetOptions& o) {
     throw Error("--tie-share: expected a fraction in [0, 1], got " + std::to_string(o.tie_share));
   }
   if (o.tie_share > 0 && o.kind != "dpo") throw Error("--tie-share: only --kind dpo has ties");
+  auto check_names = [](const char* flag, const std::vector<std::string>& names, const std::vector<std::string>& all) {
+    for (const auto& n : names) {
+      if (std::find(all.begin(), all.end(), n) != all.end()) continue;
+      std::string known;
+      for (const auto& a : all) known += (known.empty() ? "" : ", ") + a;
+      throw Error(std::string(flag) + ": unknown name '" + n + "' (expected " + known + ")");
+    }
+  };
+  check_names("--colors", o.colors, dataset_color_names());
+  check_names("--backgrounds", o.backgrounds, dataset_color_names());
+  check_names("--shapes", o.shapes, dataset_shape_names());
+  if ((!o.colors.empty() || !o.backgrounds.empty() || !o.shapes.empty()) && o.kind != "t2i") {
+    throw Error("--colors, --backgrounds, --shapes: only --kind t2i draws restricted scenes");
+  }
+  if (o.colors.size() == 1 &&
+      (o.backgrounds.empty() || std::find(o.backgrounds.begin(), o.backgrounds.end(), o.colors[0]) != o.backgrounds.end())) {
+    throw Error("--backgrounds: a shape's colour differs from its background, and '" + o.colors[0] +
+                "', the only --colors entry, is also a background colour");
+  }
 }
 
 MakeDatasetSummary make_dataset(const MakeDatasetOptions& o) {

@@ -38,6 +38,9 @@ struct MakeDatasetOptions {
   std::string image_format = "png";  // "png" or "jpg" (quality 95)
   std::int64_t shard_size = 100;     // wds: examples per shard
   double tie_share = 0;              // dpo: probability that an example is a tie (label_0 0.5)
+  // t2i: the palette colours shapes and backgrounds may have and the shapes drawn (empty: all).
+  // Without them the draws are the unrestricted ones, so existing datasets keep their bytes.
+  std::vector<std::string> colors, backgrounds, shapes;
   bool overwrite = false;            // replace a non-empty `out`
 };
 
@@ -59,5 +62,6 @@ MakeDatasetSummary make_dataset(const MakeDatasetOptions& options);
 // The palette, by the names the captions use.
 const std::vector<std::string>& dataset_color_names();  // red, green, blue, yellow, ...
 std::optional<Rgb> dataset_color(std::string_view name);
+const std::vector<std::string>& dataset_shape_names();  // circle, square, triangle
 
 }  // namespace lisadiff::tools

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <map>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -342,13 +344,22 @@ std::vector<Point> decimate(const std::vector<Point>& points) {
   return out;
 }
 
-struct Panel {
-  std::string metric;
+// One run's line in one panel.
+struct Curve {
   std::vector<double> steps, values, smoothed;  // smoothed is empty without an overlay
   std::size_t dropped = 0;                       // values <= 0 left out of a log axis
   int window = 1;
-  Axis y;
   Rgb color;
+};
+
+struct Panel {
+  std::string metric;
+  std::vector<Curve> curves;  // one per run, in run order; no values where a run lacks the metric
+  Axis y;                     // spans every run's values
+
+  bool empty() const {
+    return std::all_of(curves.begin(), curves.end(), [](const Curve& c) { return c.values.empty(); });
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -363,6 +374,12 @@ constexpr Rgb kGrid{232, 232, 232};
 // Tableau-like colours, without the purple and green that the markers use.
 constexpr Rgb kPalette[] = {{31, 119, 180}, {255, 127, 14}, {214, 39, 40},   {140, 86, 75},
                             {227, 119, 194}, {23, 190, 207}, {188, 189, 34}, {127, 127, 127}};
+// Several runs, a colour each: Okabe and Ito's colour-blind-safe palette (blue, vermillion,
+// bluish green, reddish purple, orange, sky blue, black, yellow), the pairs that are easiest
+// to tell apart first and yellow, the faintest on white, last.
+constexpr Rgb kRunPalette[] = {{0, 114, 178}, {213, 94, 0},   {0, 158, 115}, {204, 121, 167},
+                               {230, 159, 0}, {86, 180, 233}, {0, 0, 0},     {240, 228, 66}};
+static_assert(std::size(kRunPalette) == kMaxPlotRuns);
 
 struct MarkerStyle {
   Rgb line;   // the marker itself, light so that curves stay in front
@@ -437,16 +454,85 @@ int width_of(const std::string& text, const Sizes& m) {
   return static_cast<int>(std::ceil(io::text_width(text, m.font)));
 }
 
+// The names that identify a run, outermost first: its folders, and the file's stem when the
+// file is not called metrics.jsonl ("/data/runs/lisa/metrics.jsonl": data, runs, lisa;
+// "runs/lora.jsonl": ..., runs, lora). Relative paths are made absolute first, so that "."
+// and ".." become names.
+std::vector<std::string> name_parts(const fs::path& file) {
+  std::error_code ec;
+  fs::path full = fs::absolute(file, ec);
+  if (ec) full = file;
+  full = full.lexically_normal();
+  std::vector<std::string> parts;
+  for (const auto& part : full.parent_path()) {
+    const std::string name = part.string();
+    if (!name.empty() && name != "/" && name != ".") parts.push_back(name);
+  }
+  if (full.filename() != "metrics.jsonl") parts.push_back(full.stem().string());
+  if (parts.empty()) parts.push_back(file.string());
+  return parts;
+}
+
+// The legend's names: a given label where there is one, else the run's innermost name, with
+// parent folders added for as long as two runs would share a name ("lisa/run", "lora/run").
+// The same file given twice keeps its full path, then " (2)", " (3)".
+std::vector<std::string> run_labels(const std::vector<const MetricsLog*>& logs, const std::vector<std::string>& given) {
+  const std::size_t n = logs.size();
+  std::vector<std::string> labels(n);
+  std::vector<std::vector<std::string>> parts(n);
+  std::vector<std::size_t> depth(n, 0);  // name parts in the label; 0: a given label
+  const auto last_parts = [](const std::vector<std::string>& p, std::size_t count) {
+    return fmt::format("{}", fmt::join(p.end() - static_cast<std::ptrdiff_t>(count), p.end(), "/"));
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!given.empty() && !given[i].empty()) {
+      labels[i] = given[i];
+    } else {
+      parts[i] = name_parts(logs[i]->file);
+      depth[i] = 1;
+      labels[i] = parts[i].back();
+    }
+  }
+  for (bool grew = true; grew;) {
+    grew = false;
+    std::vector<std::size_t> colliding;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (depth[i] == 0 || depth[i] >= parts[i].size()) continue;
+      for (std::size_t j = 0; j < n; ++j) {
+        if (j != i && labels[j] == labels[i]) {
+          colliding.push_back(i);
+          break;
+        }
+      }
+    }
+    for (const std::size_t i : colliding) {
+      labels[i] = last_parts(parts[i], ++depth[i]);
+      grew = true;
+    }
+  }
+  const std::vector<std::string> names = labels;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (depth[i] == 0) continue;
+    const auto earlier = std::count(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), names[i]);
+    if (earlier > 0) labels[i] += fmt::format(" ({})", earlier + 1);
+  }
+  return labels;
+}
+
 class FigureBuilder {
  public:
-  FigureBuilder(const MetricsLog& log, const PlotOptions& options) : log_(log), options_(options) {}
+  // One log draws the single-run figure (a colour per panel, event markers); several draw one
+  // line per run in the run's colour, with a legend instead of the markers.
+  FigureBuilder(std::vector<const MetricsLog*> logs, const std::vector<std::string>& labels, const PlotOptions& options)
+      : logs_(std::move(logs)), given_labels_(labels), options_(options) {}
 
   Figure build() {
     validate_options();
+    labels_ = single() ? std::vector<std::string>{single_title()} : run_labels(logs_, given_labels_);
     const auto names = panel_metrics();
     m_ = sizes_for(options_.width);
     header_ = make_header();
-    if (header_.key_below) m_.header_h += m_.line_h;
+    m_.header_h += header_.key_lines_below * m_.line_h;
     const int n = static_cast<int>(names.size());
     const int fixed = m_.header_h + n * m_.title_h + (n - 1) * m_.panel_gap + m_.bottom_h;
     const int plot_h = options_.height > 0 ? (options_.height - fixed) / n : 110 * m_.scale;
@@ -470,7 +556,10 @@ class FigureBuilder {
       throw Error(fmt::format("width {} is too small for the tick labels", options_.width));
     }
 
-    Figure figure{Canvas(options_.width, height, kBackground), 0, 0, {}};
+    Figure figure{Canvas(options_.width, height, kBackground), 0, 0, {}, {}};
+    if (!single()) {
+      for (std::size_t r = 0; r < logs_.size(); ++r) figure.runs.push_back({labels_[r], kRunPalette[r], {}});
+    }
     set_x_range(figure);
     const int x_target = std::max(2, plot_w / (width_of("000000", m_) + 2 * m_.unit));
     x_ticks_ = linear_ticks(figure.x_min, figure.x_max, x_target, /*min_step=*/1);
@@ -480,8 +569,10 @@ class FigureBuilder {
       top += m_.title_h;
       const Panel& p = panels_[i];
       const auto data = [&p](double a) { return p.y.log ? std::pow(10.0, a) : a; };
-      figure.panels.push_back(
-          {p.metric, {left, top, left + plot_w, top + plot_h}, data(p.y.lo), data(p.y.hi), p.y.log, p.window});
+      std::vector<int> windows;
+      for (const auto& curve : p.curves) windows.push_back(curve.window);
+      figure.panels.push_back({p.metric, {left, top, left + plot_w, top + plot_h}, data(p.y.lo), data(p.y.hi),
+                               p.y.log, *std::max_element(windows.begin(), windows.end()), windows});
       top += plot_h + m_.panel_gap;
     }
     draw_header(figure);
@@ -490,7 +581,13 @@ class FigureBuilder {
   }
 
  private:
+  bool single() const { return logs_.size() == 1; }
+
   void validate_options() const {
+    if (const std::string problem = plot_runs_problem(logs_.size(), given_labels_.size(), /*has_out=*/true);
+        !problem.empty()) {
+      throw Error(problem);
+    }
     if (options_.width < 320 || options_.width > 8000) {
       throw Error(fmt::format("width {} is out of range (320 to 8000 pixels)", options_.width));
     }
@@ -500,6 +597,18 @@ class FigureBuilder {
     if (options_.smooth < 0) throw Error(fmt::format("smoothing window {} is negative", options_.smooth));
   }
 
+  // The run folder's name (the file's, for a file at the top of a relative path), or the label.
+  std::string single_title() const {
+    if (!given_labels_.empty() && !given_labels_[0].empty()) return given_labels_[0];
+    const fs::path& file = logs_[0]->file;
+    const fs::path run = file.parent_path().filename();
+    return (run.empty() ? file.filename() : run).string();
+  }
+
+  bool any_run_has(const std::string& name) const {
+    return std::any_of(logs_.begin(), logs_.end(), [&name](const MetricsLog* log) { return log->find(name); });
+  }
+
   std::vector<std::string> panel_metrics() const {
     std::vector<std::string> names;
     const auto add = [&names](const std::string& name) {
@@ -507,15 +616,28 @@ class FigureBuilder {
     };
     if (options_.metrics.empty()) {
       // The loss, the recipes' own headline metrics where the run has them (Diffusion-DPO's
-      // implicit accuracy and its two raw losses), then the learning rate.
+      // implicit accuracy and its two raw losses), then the learning rate; with several runs,
+      // those that any of them has.
       for (const char* name : {"loss", "implicit_acc", "raw_model_loss", "ref_loss", "lr"}) {
-        if (log_.find(name)) add(name);
+        if (any_run_has(name)) add(name);
       }
-      if (names.empty()) names = log_.names();  // a log without loss or lr: everything it has
+      if (names.empty()) {  // logs without loss or lr: everything they have, first run first
+        for (const MetricsLog* log : logs_) {
+          for (const auto& name : log->names()) add(name);
+        }
+      }
     } else {
       for (const auto& name : options_.metrics) {
-        if (!log_.find(name)) {
-          throw Error(log_.file.string(), fmt::format("no metric '{}' (it has: {})", name, fmt::join(log_.names(), ", ")));
+        if (!any_run_has(name)) {
+          if (single()) {
+            const MetricsLog& log = *logs_[0];
+            throw Error(log.file.string(), fmt::format("no metric '{}' (it has: {})", name, fmt::join(log.names(), ", ")));
+          }
+          std::vector<std::string> has;
+          for (std::size_t r = 0; r < logs_.size(); ++r) {
+            has.push_back(fmt::format("{}: {}", labels_[r], fmt::join(logs_[r]->names(), ", ")));
+          }
+          throw Error(fmt::format("no metric '{}' in any of the {} runs ({})", name, logs_.size(), fmt::join(has, "; ")));
         }
         add(name);
       }
@@ -530,72 +652,147 @@ class FigureBuilder {
   }
 
   Panel prepare(const std::string& name, std::size_t index, int y_ticks, int max_y_ticks) const {
-    const MetricSeries& series = *log_.find(name);
     Panel p;
     p.metric = name;
-    p.color = kPalette[index % std::size(kPalette)];
     const bool log = std::find(options_.log_y.begin(), options_.log_y.end(), name) != options_.log_y.end();
-    for (std::size_t i = 0; i < series.values.size(); ++i) {
-      if (log && !(series.values[i] > 0)) {
-        ++p.dropped;
-        continue;
+    std::vector<double> all_values;  // every run's: the y axis spans them all
+    for (std::size_t r = 0; r < logs_.size(); ++r) {
+      Curve c;
+      // One run: a colour per panel tells the panels apart. Several: a colour per run, the
+      // same in every panel, tells the runs apart.
+      c.color = single() ? kPalette[index % std::size(kPalette)] : kRunPalette[r];
+      if (const MetricSeries* series = logs_[r]->find(name)) {
+        for (std::size_t i = 0; i < series->values.size(); ++i) {
+          if (log && !(series->values[i] > 0)) {
+            ++c.dropped;
+            continue;
+          }
+          c.steps.push_back(series->steps[i]);
+          c.values.push_back(series->values[i]);
+        }
+        if (c.dropped > 0) {
+          spdlog::warn("{}: '{}': {} value(s) <= 0 left out of the log-scale panel", logs_[r]->file.string(), name,
+                       c.dropped);
+        }
+        c.window = smoothing_window(name, c.values.size(), options_.smooth);
+        if (c.window > 1) c.smoothed = moving_average(c.values, c.window);
+        all_values.insert(all_values.end(), c.values.begin(), c.values.end());
       }
-      p.steps.push_back(series.steps[i]);
-      p.values.push_back(series.values[i]);
+      p.curves.push_back(std::move(c));
     }
-    if (p.dropped > 0) {
-      spdlog::warn("{}: '{}': {} value(s) <= 0 left out of the log-scale panel", log_.file.string(), name, p.dropped);
-    }
-    p.window = smoothing_window(name, p.values.size(), options_.smooth);
-    if (p.window > 1) p.smoothed = moving_average(p.values, p.window);
-    p.y = value_axis(p.values, log, y_ticks, max_y_ticks);
+    p.y = value_axis(all_values, log, y_ticks, max_y_ticks);
     return p;
   }
 
+  // Every run's plotted steps (and, for one run, its events, which are drawn).
   void set_x_range(Figure& figure) const {
     double lo = INFINITY, hi = -INFINITY;
     for (const auto& p : panels_) {
-      if (!p.steps.empty()) lo = std::min(lo, p.steps.front()), hi = std::max(hi, p.steps.back());
+      for (const auto& c : p.curves) {
+        if (!c.steps.empty()) lo = std::min(lo, c.steps.front()), hi = std::max(hi, c.steps.back());
+      }
     }
-    for (const auto& e : log_.events) lo = std::min(lo, e.step), hi = std::max(hi, e.step);
+    if (single()) {
+      for (const auto& e : logs_[0]->events) lo = std::min(lo, e.step), hi = std::max(hi, e.step);
+    }
     if (!(lo <= hi)) lo = 0, hi = 1;  // every value was left out (log axis of non-positive values)
     if (hi - lo < 1) lo -= 1, hi += 1;
     const double pad = 0.02 * (hi - lo);
     figure.x_min = lo - pad, figure.x_max = hi + pad;
   }
 
+  // One entry of the header's key: a marker kind (one run) or a run (several).
+  struct KeyItem {
+    std::string label;
+    Rgb color;         // a marker's key colour, a run's line colour
+    int dash = 0;      // a marker's dash
+    bool run = false;  // a swatch of the run's line colour, then its label in the text colour
+    int width = 0;     // swatch or marker sample, gap, label
+  };
+
   struct Header {
-    std::string title;    // the run folder's name
+    std::string title;    // the run folder's name, or "N runs"
     std::string summary;  // step range, skipped lines
     std::vector<std::pair<std::string, std::size_t>> markers;  // event kind and count, first seen first
-    int key_width = 0;    // of the marker key
-    bool key_below = false;  // the key does not fit beside the summary and goes on a second line
+    std::vector<KeyItem> key;
+    std::vector<std::pair<std::size_t, std::size_t>> rows;  // [first, last) key items of each row
+    std::vector<int> row_widths;
+    int key_lines_below = 0;  // 0: the key fits beside the summary on the title line
   };
+
+  int swatch_width() const { return 3 * m_.unit; }
 
   Header make_header() const {
     Header h;
-    const fs::path run = log_.file.parent_path().filename();
-    h.title = (run.empty() ? log_.file.filename() : run).string();
+    h.title = single() ? labels_[0] : fmt::format("{} runs", logs_.size());
     double lo = INFINITY, hi = -INFINITY;
-    for (const auto& s : log_.series) lo = std::min(lo, s.steps.front()), hi = std::max(hi, s.steps.back());
-    for (const auto& e : log_.events) lo = std::min(lo, e.step), hi = std::max(hi, e.step);
-    h.summary = fmt::format("steps {} to {}", format_step(lo), format_step(hi));
-    if (const auto skipped = log_.warnings.size(); skipped > 0) {
-      h.summary += fmt::format(", {} line{} skipped", skipped, skipped == 1 ? "" : "s");
+    std::size_t skipped = 0;
+    for (const MetricsLog* log : logs_) {
+      for (const auto& s : log->series) lo = std::min(lo, s.steps.front()), hi = std::max(hi, s.steps.back());
+      if (single()) {
+        for (const auto& e : log->events) lo = std::min(lo, e.step), hi = std::max(hi, e.step);
+      }
+      skipped += log->warnings.size();
     }
-    for (const auto& e : log_.events) {
-      auto it = std::find_if(h.markers.begin(), h.markers.end(), [&e](const auto& k) { return k.first == e.kind; });
-      if (it == h.markers.end()) {
-        h.markers.emplace_back(e.kind, 1);
-      } else {
-        ++it->second;
+    h.summary = fmt::format("steps {} to {}", format_step(lo), format_step(hi));
+    if (skipped > 0) h.summary += fmt::format(", {} line{} skipped", skipped, skipped == 1 ? "" : "s");
+
+    const int available = options_.width - m_.right - m_.unit;  // a key row's room
+    if (single()) {
+      for (const auto& e : logs_[0]->events) {
+        auto it = std::find_if(h.markers.begin(), h.markers.end(), [&e](const auto& k) { return k.first == e.kind; });
+        if (it == h.markers.end()) {
+          h.markers.emplace_back(e.kind, 1);
+        } else {
+          ++it->second;
+        }
+      }
+      for (const auto& marker : h.markers) {
+        const MarkerStyle style = marker_style(marker.first);
+        const std::string label = marker_label(marker);
+        h.key.push_back({label, style.label, style.dash, false, m_.scale + 2 * m_.unit + width_of(label, m_)});
+      }
+    } else {
+      for (std::size_t r = 0; r < logs_.size(); ++r) {
+        // A label longer than a whole row is cut short rather than run off the image.
+        const std::string label = io::ellipsize(labels_[r], m_.font, available - swatch_width() - m_.unit);
+        h.key.push_back({label, kRunPalette[r], 0, true, swatch_width() + m_.unit + width_of(label, m_)});
       }
     }
-    for (std::size_t i = 0; i < h.markers.size(); ++i) {
-      h.key_width += (i > 0 ? 4 * m_.unit : 0) + m_.scale + 2 * m_.unit + width_of(marker_label(h.markers[i]), m_);
-    }
+    if (h.key.empty()) return h;
+
+    int key_width = 0;
+    for (std::size_t i = 0; i < h.key.size(); ++i) key_width += (i > 0 ? 4 * m_.unit : 0) + h.key[i].width;
     const int left_end = m_.unit + width_of(h.title + "  " + h.summary, m_);
-    h.key_below = !h.markers.empty() && left_end + 4 * m_.unit > options_.width - m_.right - h.key_width;
+    if (left_end + 4 * m_.unit <= options_.width - m_.right - key_width) {
+      h.rows.emplace_back(0, h.key.size());  // beside the summary
+      h.row_widths.push_back(key_width);
+      return h;
+    }
+    // Below the title: one run's marker key on one line, as it always was (a handful of event
+    // kinds); a legend of several runs on as many lines as it takes.
+    if (single()) {
+      h.rows.emplace_back(0, h.key.size());
+      h.row_widths.push_back(key_width);
+      h.key_lines_below = 1;
+      return h;
+    }
+    std::size_t first = 0;
+    int width = 0;
+    for (std::size_t i = 0; i < h.key.size(); ++i) {
+      const int added = (i > first ? 4 * m_.unit : 0) + h.key[i].width;
+      if (i > first && width + added > available) {
+        h.rows.emplace_back(first, i);
+        h.row_widths.push_back(width);
+        first = i;
+        width = h.key[i].width;
+      } else {
+        width += added;
+      }
+    }
+    h.rows.emplace_back(first, h.key.size());
+    h.row_widths.push_back(width);
+    h.key_lines_below = static_cast<int>(h.rows.size());
     return h;
   }
 
@@ -612,22 +809,36 @@ class FigureBuilder {
     return fmt::format("{} ({})", marker.first, marker.second);
   }
 
-  // The run's name and step range, then a key to the markers: a short sample of each marker
-  // line and its name with the count, in the marker's colour.
+  // The run's name (or the number of runs) and the step range, then the key, right-aligned:
+  // for one run a short sample of each marker line and its name with the count, in the
+  // marker's colour; for several a swatch of each run's line colour and the run's label.
   void draw_header(Figure& figure) const {
     Canvas& c = figure.canvas;
     int y = m_.unit;
     c.text(m_.unit, y, header_.title, text(kText));
     c.text(m_.unit + width_of(header_.title + "  ", m_), y, header_.summary, text(kMuted));
-    if (header_.key_below) y += m_.line_h;
-    int x = c.width() - m_.right - header_.key_width;
-    for (const auto& marker : header_.markers) {
-      const MarkerStyle style = marker_style(marker.first);
-      for (int dx = 0; dx < m_.scale; ++dx) c.vline(x + dx, y - m_.scale, y + m_.text_h, style.label, style.dash);
-      x += m_.scale + 2 * m_.unit;
-      const std::string label = marker_label(marker);
-      c.text(x, y, label, text(style.label));
-      x += width_of(label, m_) + 4 * m_.unit;
+    if (header_.key_lines_below > 0) y += m_.line_h;
+    const io::FontMetrics font = io::font_metrics(m_.font);
+    for (std::size_t row = 0; row < header_.rows.size(); ++row, y += m_.line_h) {
+      int x = c.width() - m_.right - header_.row_widths[row];
+      for (std::size_t i = header_.rows[row].first; i < header_.rows[row].second; ++i) {
+        const KeyItem& item = header_.key[i];
+        if (item.run) {
+          // A short thick stroke at the height of the label's lower-case letters.
+          const int thickness = m_.scale + 1;
+          const int middle = static_cast<int>(std::lround(y + font.ascent - 0.4 * font.cap_height));
+          const PixelRect swatch{x, middle - thickness / 2, x + swatch_width(), middle - thickness / 2 + thickness};
+          c.fill_rect(swatch, item.color);
+          figure.runs.at(i).swatch = swatch;  // several runs: key item i is run i
+          x += swatch_width() + m_.unit;
+          c.text(x, y, item.label, text(kText));
+        } else {
+          for (int dx = 0; dx < m_.scale; ++dx) c.vline(x + dx, y - m_.scale, y + m_.text_h, item.color, item.dash);
+          x += m_.scale + 2 * m_.unit;
+          c.text(x, y, item.label, text(item.color));
+        }
+        x += width_of(item.label, m_) + 4 * m_.unit;
+      }
     }
   }
 
@@ -640,32 +851,41 @@ class FigureBuilder {
 
     for (const auto& t : p.y.ticks) c.hline(r.left, r.right - 1, static_cast<int>(std::floor(py(t.value))), kGrid);
     for (const auto& t : x_ticks_) c.vline(static_cast<int>(std::floor(px(t.value))), r.top, r.bottom - 1, kGrid);
-    for (const auto& e : log_.events) {
-      const MarkerStyle style = marker_style(e.kind);
-      const int x = static_cast<int>(std::floor(px(e.step)));
-      if (dense_markers(e.kind, r.width())) {
-        c.vline(x, r.top, r.top + m_.unit, style.line);  // a rug along the top edge
-      } else {
-        c.vline(x, r.top, r.bottom - 1, style.line, style.dash * m_.scale);
+    if (single()) {
+      for (const auto& e : logs_[0]->events) {
+        const MarkerStyle style = marker_style(e.kind);
+        const int x = static_cast<int>(std::floor(px(e.step)));
+        if (dense_markers(e.kind, r.width())) {
+          c.vline(x, r.top, r.top + m_.unit, style.line);  // a rug along the top edge
+        } else {
+          c.vline(x, r.top, r.bottom - 1, style.line, style.dash * m_.scale);
+        }
       }
     }
 
-    const auto to_points = [&](const std::vector<double>& values) {
+    const auto to_points = [&](const Curve& curve, const std::vector<double>& values) {
       std::vector<Point> points;
       for (std::size_t i = 0; i < values.size(); ++i) {
-        if (std::isfinite(values[i])) points.push_back(figure.to_pixel(index, p.steps[i], values[i]));
+        if (std::isfinite(values[i])) points.push_back(figure.to_pixel(index, curve.steps[i], values[i]));
       }
       return decimate(points);
     };
     const double stroke = 0.75 * m_.scale + 0.5;
-    const double dot = p.values.size() == 1 ? 3.0 * m_.scale : 0.0;  // a lone point shows as a dot
-    if (p.smoothed.empty()) {
-      c.polyline(to_points(p.values), p.color, std::max(stroke, dot), r);
-    } else {
-      c.polyline(to_points(p.values), lighten(p.color, 0.6), std::max(0.5 * m_.scale + 0.5, dot), r);
-      c.polyline(to_points(p.smoothed), p.color, stroke + 0.5, r);
+    // Every run's raw curve first, then the moving averages over them: no run's noise hides
+    // another run's trend.
+    for (const Curve& curve : p.curves) {
+      if (curve.values.empty()) continue;
+      const double dot = curve.values.size() == 1 ? 3.0 * m_.scale : 0.0;  // a lone point shows as a dot
+      if (curve.smoothed.empty()) {
+        c.polyline(to_points(curve, curve.values), curve.color, std::max(stroke, dot), r);
+      } else {
+        c.polyline(to_points(curve, curve.values), lighten(curve.color, 0.6), std::max(0.5 * m_.scale + 0.5, dot), r);
+      }
     }
-    if (p.values.empty()) {
+    for (const Curve& curve : p.curves) {
+      if (!curve.smoothed.empty()) c.polyline(to_points(curve, curve.smoothed), curve.color, stroke + 0.5, r);
+    }
+    if (p.empty()) {
       const std::string note = "no positive values";
       c.text((r.left + r.right) / 2.0, (r.top + r.bottom) / 2.0, note,
              text(kMuted, io::Align::centre, io::VAlign::middle));
@@ -696,19 +916,58 @@ class FigureBuilder {
     draw_title(c, p, r);
   }
 
+  // "moving average of 20", or with several runs whose windows differ, each run's in run
+  // order ("moving average of 5 / 20"); "" without an overlay.
+  static std::string smoothing_note(const Panel& p) {
+    std::vector<int> windows;
+    for (const auto& curve : p.curves) {
+      if (!curve.values.empty() || p.curves.size() == 1) windows.push_back(curve.window);
+    }
+    if (windows.empty() || *std::max_element(windows.begin(), windows.end()) <= 1) return "";
+    if (std::all_of(windows.begin(), windows.end(), [&windows](int w) { return w == windows.front(); })) {
+      return fmt::format("moving average of {}", windows.front());
+    }
+    return fmt::format("moving average of {}", fmt::join(windows, " / "));
+  }
+
   void draw_title(Canvas& c, const Panel& p, const PixelRect& r) const {
     const int y = r.top - m_.title_h + m_.unit / 2;
     c.text(r.left, y, p.metric, text(kText));
     std::vector<std::string> notes;
-    if (p.window > 1) notes.push_back(fmt::format("moving average of {}", p.window));
+    if (std::string smoothing = smoothing_note(p); !smoothing.empty()) notes.push_back(std::move(smoothing));
     if (p.y.log) notes.push_back("log scale");
-    if (p.dropped > 0) notes.push_back(fmt::format("{} values <= 0 not shown", p.dropped));
-    if (!notes.empty()) {
-      c.text(r.left + width_of(p.metric + "  ", m_), y, fmt::format("{}", fmt::join(notes, ", ")), text(kMuted));
+    std::size_t dropped = 0;
+    for (const auto& curve : p.curves) dropped += curve.dropped;
+    if (dropped > 0) notes.push_back(fmt::format("{} values <= 0 not shown", dropped));
+    const std::string joined = fmt::format("{}", fmt::join(notes, ", "));
+    if (!notes.empty()) c.text(r.left + width_of(p.metric + "  ", m_), y, joined, text(kMuted));
+    if (single()) {
+      const Curve& curve = p.curves.front();
+      if (!curve.values.empty()) {
+        c.text(r.right, y,
+               fmt::format("last {} at step {}", format_value(curve.values.back()), format_step(curve.steps.back())),
+               text(kMuted, io::Align::right));
+      }
+      return;
     }
-    if (!p.values.empty()) {
-      c.text(r.right, y, fmt::format("last {} at step {}", format_value(p.values.back()), format_step(p.steps.back())),
-             text(kMuted, io::Align::right));
+    // Several runs: each one's last value in its colour, where the title leaves room.
+    const std::string lead = "last ", gap = "  ";
+    std::vector<std::pair<std::string, Rgb>> values;
+    int width = width_of(lead, m_);
+    for (const auto& curve : p.curves) {
+      if (curve.values.empty()) continue;
+      values.emplace_back(format_value(curve.values.back()), curve.color);
+      width += width_of(values.back().first, m_) + (values.size() > 1 ? width_of(gap, m_) : 0);
+    }
+    const int left_end = r.left + width_of(notes.empty() ? p.metric : p.metric + "  " + joined, m_) + 2 * m_.unit;
+    int x = r.right - width;
+    if (values.empty() || x < left_end) return;
+    c.text(x, y, lead, text(kMuted));
+    x += width_of(lead, m_);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      if (i > 0) x += width_of(gap, m_);
+      c.text(x, y, values[i].first, text(values[i].second));
+      x += width_of(values[i].first, m_);
     }
   }
 
@@ -717,8 +976,10 @@ class FigureBuilder {
     return {m_.font, color, align, valign};
   }
 
-  const MetricsLog& log_;
+  std::vector<const MetricsLog*> logs_;
+  const std::vector<std::string>& given_labels_;
   const PlotOptions& options_;
+  std::vector<std::string> labels_;  // one run: the header title; several: the legend's names
   Sizes m_{};
   std::vector<Panel> panels_;
   std::vector<AxisTick> x_ticks_;
@@ -742,13 +1003,46 @@ Point Figure::to_pixel(std::size_t panel, double step, double value) const {
   return {p.plot.left + 0.5 + tx * (p.plot.width() - 1), p.plot.top + 0.5 + (1 - ty) * (p.plot.height() - 1)};
 }
 
-Figure render_metrics(const MetricsLog& log, const PlotOptions& options) { return FigureBuilder(log, options).build(); }
+std::string plot_runs_problem(std::size_t runs, std::size_t labels, bool has_out) {
+  if (runs == 0) return "RUN: no runs to plot";
+  if (runs > kMaxPlotRuns) {
+    return fmt::format("RUN: {} runs, at most {} fit in one figure (one colour each)", runs, kMaxPlotRuns);
+  }
+  if (labels != 0 && labels != runs) {
+    return fmt::format("--labels: {} label{} for {} run{} (one per run, in the order of the runs)", labels,
+                       labels == 1 ? "" : "s", runs, runs == 1 ? "" : "s");
+  }
+  // One run writes beside its metrics file; several have no one folder to write into.
+  if (runs > 1 && !has_out) return "--out: required when plotting several runs";
+  return "";
+}
+
+Figure render_metrics(const MetricsLog& log, const PlotOptions& options) {
+  return FigureBuilder({&log}, /*labels=*/{}, options).build();
+}
+
+Figure render_runs(const std::vector<MetricsLog>& logs, const std::vector<std::string>& labels,
+                   const PlotOptions& options) {
+  std::vector<const MetricsLog*> pointers;
+  for (const auto& log : logs) pointers.push_back(&log);
+  return FigureBuilder(std::move(pointers), labels, options).build();
+}
 
 fs::path plot_metrics(const fs::path& run_dir_or_file, const PlotOptions& options) {
-  const fs::path file = metrics_file(run_dir_or_file);
-  const MetricsLog log = read_metrics(file);
-  const Figure figure = render_metrics(log, options);
-  const fs::path out = options.out.empty() ? fs::path(file).replace_extension(".png") : options.out;
+  return plot_runs({run_dir_or_file}, /*labels=*/{}, options);
+}
+
+fs::path plot_runs(const std::vector<fs::path>& runs, const std::vector<std::string>& labels,
+                   const PlotOptions& options) {
+  // Before any file is read: a command-line mistake should not wait for large logs.
+  if (const std::string problem = plot_runs_problem(runs.size(), labels.size(), !options.out.empty());
+      !problem.empty()) {
+    throw Error(problem);
+  }
+  std::vector<MetricsLog> logs;
+  for (const auto& run : runs) logs.push_back(read_metrics(metrics_file(run)));
+  const Figure figure = render_runs(logs, labels, options);
+  const fs::path out = options.out.empty() ? fs::path(logs.front().file).replace_extension(".png") : options.out;
   figure.canvas.write_png(out);
   return out;
 }

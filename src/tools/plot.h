@@ -1,5 +1,7 @@
 // `lisadiff plot`: turns a training run's metrics.jsonl into a PNG with one panel per metric,
 // stacked over a shared step axis, with LISA re-draws and checkpoints as vertical markers.
+// Several runs (LISA, LoRA and full fine-tuning of the same task) can share one figure: each
+// panel then draws one line per run, in the run's colour, with a legend in the header.
 //
 // metrics.jsonl (the contract training runs follow; README.md, "lisadiff plot"):
 //   one JSON object per line, e.g.
@@ -95,13 +97,27 @@ struct PanelLayout {
   PixelRect plot;               // the data area inside the axes
   double y_min = 0, y_max = 0;  // y range at the plot's bottom and top edges (data units)
   bool log_y = false;
-  int smooth_window = 1;        // 1: no moving-average overlay
+  int smooth_window = 1;        // 1: no moving-average overlay; several runs: the largest one
+  // Each run's moving-average window, in run order (1 where a run has no values here); one
+  // entry, smooth_window, for a single run.
+  std::vector<int> run_windows;
+};
+
+// One run of a figure with several: the name in the legend, the colour of its lines, and
+// where the legend's swatch of that colour is (its label follows on the right).
+struct RunKey {
+  std::string label;
+  Rgb color;
+  PixelRect swatch;
 };
 
 struct Figure {
   Canvas canvas;
   double x_min = 0, x_max = 0;  // step range at the left and right edges of every plot
   std::vector<PanelLayout> panels;
+  // Several runs: one per run, in the order given. Empty for a single run, whose lines take
+  // each panel's own colour instead.
+  std::vector<RunKey> runs;
 
   // Pixel position (continuous; pixel centres sit at +0.5) of (step, value) in panel i.
   Point to_pixel(std::size_t panel, double step, double value) const;
@@ -111,7 +127,43 @@ struct Figure {
 // does not have, a size too small for the panels).
 Figure render_metrics(const MetricsLog& log, const PlotOptions& options);
 
+// The most runs one figure takes: the colours of the palette (Okabe-Ito's eight, which stay
+// apart for colour-blind readers too).
+constexpr std::size_t kMaxPlotRuns = 8;
+
+// Draws several runs in one figure. One log is render_metrics, pixel for pixel (a label, if
+// given, replaces the folder's name in the header). With several:
+//   - each panel draws one line per run in the run's colour (Figure::runs; the palette in run
+//     order), with the run's raw loss lighter under its own moving average (automatic window:
+//     about 1/20 of that run's points); a header legend names the runs;
+//   - labels: one per log, or none; an empty entry (or no labels) takes the run's own name:
+//     its folder's (the file's stem when it is not metrics.jsonl), with as many parent folders
+//     as it takes to tell runs with the same name apart ("lisa/run", "lora/run");
+//   - panels: options.metrics, each of which must be in at least one run (a run without it
+//     has no line there); by default those of render_metrics' default list that at least one
+//     run has, else every metric of every run;
+//   - the step axis spans every run's plotted steps, each y axis the values of every run;
+//   - events (LISA re-draws, checkpoints) are not drawn: one run's markers across the
+//     others' lines would say something about them that is not so.
+// Throws lisadiff::Error for no logs, more than kMaxPlotRuns, a label count that is neither
+// 0 nor logs.size() (the message names --labels), and whatever render_metrics would.
+Figure render_runs(const std::vector<MetricsLog>& logs, const std::vector<std::string>& labels,
+                   const PlotOptions& options);
+
+// The mistakes in plot_runs' arguments that are the command line's, as one line naming the
+// flag (what render_runs and plot_runs throw), or "" when there is none: no runs, more than
+// kMaxPlotRuns, a label count that is neither 0 nor `runs`, several runs and no output path.
+// The CLI asks first, to exit with 2 as for any other usage error.
+std::string plot_runs_problem(std::size_t runs, std::size_t labels, bool has_out);
+
 // read_metrics + render_metrics + an atomic PNG write. Returns the path written.
 std::filesystem::path plot_metrics(const std::filesystem::path& run_dir_or_file, const PlotOptions& options);
+
+// read_metrics of every run (in order; the first that cannot be read is the error, naming
+// its file) + render_runs + an atomic PNG write. One run: plot_metrics. Several: options.out
+// is required (there is no one run folder to write into; the error names --out). Returns the
+// path written.
+std::filesystem::path plot_runs(const std::vector<std::filesystem::path>& runs, const std::vector<std::string>& labels,
+                                const PlotOptions& options);
 
 }  // namespace lisadiff::tools

@@ -495,6 +495,51 @@ TEST(MakeDataset, T2iImagesShowWhatTheirCaptionsSay) {
   EXPECT_GE(colors.size(), 6u);
 }
 
+TEST(MakeDataset, RestrictedColorsBackgroundsAndShapes) {
+  TempDir dir;
+  auto o = options("t2i", "folder", 60, dir / "t2i");
+  o.colors = {"orange"};
+  o.backgrounds = {"red", "blue", "white"};
+  o.shapes = {"circle", "triangle"};
+  make_dataset(o);
+  std::set<std::string> backgrounds, shapes;
+  for (const auto& line : read_metadata(dir / "t2i")) {
+    const std::string text = line["text"];
+    SCOPED_TRACE(text);
+    const Seen said = parse_caption(text);
+    const Seen seen = look(decode(read_file(dir / "t2i" / line["file_name"].get<std::string>())));
+    EXPECT_EQ(said.color, "orange");
+    EXPECT_EQ(seen.color, "orange");
+    EXPECT_EQ(seen.shape, said.shape);
+    EXPECT_EQ(seen.background, said.background);
+    backgrounds.insert(said.background);
+    shapes.insert(said.shape);
+  }
+  EXPECT_EQ(backgrounds, (std::set<std::string>{"blue", "red", "white"}));
+  EXPECT_EQ(shapes, (std::set<std::string>{"circle", "triangle"}));
+
+  // Every colour but one: the left-out colour never appears, as shape or background.
+  auto all_but = options("t2i", "folder", 80, dir / "no-orange");
+  for (const auto& name : dataset_color_names()) {
+    if (name != "orange") all_but.colors.push_back(name), all_but.backgrounds.push_back(name);
+  }
+  make_dataset(all_but);
+  for (const auto& line : read_metadata(dir / "no-orange")) {
+    EXPECT_EQ(line["text"].get<std::string>().find("orange"), std::string::npos) << line["text"];
+  }
+
+  auto bad = options("t2i", "folder", 3, dir / "bad");
+  bad.colors = {"teal"};
+  EXPECT_THROW_WITH(make_dataset(bad), "--colors", "'teal'", "orange");
+  bad = options("t2i", "folder", 3, dir / "bad"), bad.shapes = {"star"};
+  EXPECT_THROW_WITH(make_dataset(bad), "--shapes", "'star'");
+  bad = options("t2i", "folder", 3, dir / "bad"), bad.colors = {"red"};
+  EXPECT_THROW_WITH(make_dataset(bad), "--backgrounds", "'red'");
+  bad = options("ip2p", "folder", 3, dir / "bad"), bad.colors = {"red", "blue"};
+  EXPECT_THROW_WITH(make_dataset(bad), "only --kind t2i");
+  EXPECT_FALSE(fs::exists(dir / "bad"));
+}
+
 TEST(MakeDataset, JpegImagesOfVariedSizesStillShowTheirCaptions) {
   TempDir dir;
   auto o = options("t2i", "wds", 20, dir / "t2i");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "io/safetensors.h"
+#include "recipes/shared_flags.h"
 #include "recipes/text_to_image.h"
 #include "test_util.h"
 #include "tools/make_dataset.h"
@@ -49,6 +50,33 @@ TEST(TextToImageStep, MinSnrWeights) {
 // diffusers' text-to-image README command with local paths (plus min-SNR, noise offset, input
 // perturbation and validation prompts with commas): a pipeline folder with the trained UNet,
 // checkpoints, validation grids, metrics.
+// The shipped configs are valid for the executable; the command line overrides them.
+TEST(TextToImageRecipe, ShippedConfigsParseAndTheCommandLineOverridesThem) {
+  const auto table = recipes::text_to_image_flags();
+  for (const char* method : {"lisa", "full", "lora"}) {
+    const auto file = testing::tests_dir().parent_path() / "configs/text_to_image" / (std::string(method) + ".json");
+    const auto parsed = table.parse({"--config", file.string(), "--pretrained_model_name_or_path", "base",
+                                     "--train_data_dir", "data", "--max_train_steps", "7"});
+    EXPECT_EQ(parsed.values.at("method"), method) << file;
+    EXPECT_EQ(parsed.values.at("max_train_steps"), 7) << file;
+    EXPECT_EQ(parsed.values.at("resolution"), 512) << file;
+  }
+  const auto d = table.defaults_json();
+  EXPECT_EQ(d.at("method"), "lisa");
+  EXPECT_EQ(d.at("output_dir"), "sd-model-finetuned");
+  EXPECT_EQ(d.at("learning_rate"), 1e-4);
+  EXPECT_EQ(d.at("image_interpolation_mode"), "lanczos");
+  // train_text_to_image_lora.py's --rank is --lora_rank.
+  const auto parsed = table.parse({"--pretrained_model_name_or_path", "b", "--train_data_dir", "d", "--rank", "8"});
+  auto values = recipes::recipe_values(table, parsed);
+  recipes::merge_rank_alias(parsed, values);
+  EXPECT_EQ(values.at("lora_rank"), 8);
+  const auto both = table.parse({"--pretrained_model_name_or_path", "b", "--train_data_dir", "d", "--rank", "8",
+                                  "--lora_rank", "16"});
+  values = recipes::recipe_values(table, both);
+  EXPECT_THROW(recipes::merge_rank_alias(both, values), recipes::UsageError);
+}
+
 TEST(TextToImageApp, TheReadmeCommandRunsAndWritesAPipeline) {
   TempDir tmp;
   const auto data = make_data(tmp / "data");

@@ -89,7 +89,7 @@ TEST(InitPipeline, PresetsEqualDiffusersConfigs) {
           << preset << "/" << rel;
     }
   }
-  EXPECT_EQ(tools::preset_names(), (std::vector<std::string>{"sd15", "tiny"}));
+  EXPECT_EQ(tools::preset_names(), (std::vector<std::string>{"sd15", "shapes", "tiny"}));
 }
 
 TEST(InitPipeline, BadInputFailsCleanly) {

@@ -1,6 +1,6 @@
 // `lisadiff plot`: metrics.jsonl parsing (values, gaps, events, broken lines), axis ticks, where
-// known series land in the decoded PNG, and the CLI. The canvas it draws on (lines, text) has
-// its own tests, tests/io/test_canvas.cpp.
+// known series land in the decoded PNG, several runs in one figure, and the CLI. The canvas it
+// draws on (lines, text) has its own tests, tests/io/test_canvas.cpp.
 #include <algorithm>
 #include <cmath>
 
@@ -432,6 +432,296 @@ TEST(PlotCli, UsageErrorsExitTwo) {
     EXPECT_EQ(rc, 2) << "args:" << args << "\n" << output;
   }
   EXPECT_FALSE(fs::exists(run / "metrics.png"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several runs in one figure
+// ---------------------------------------------------------------------------------------------
+
+// Steps first..last: a constant loss and a constant lr, plus `extra` (a JSON fragment such as
+// ", \"grad_norm\": 2") on every line.
+std::string constant_run(int first, int last, double loss, const std::string& extra = "") {
+  std::string text;
+  for (int s = first; s <= last; ++s) text += fmt::format("{{\"step\": {}, \"loss\": {}, \"lr\": 1e-4{}}}\n", s, loss, extra);
+  return text;
+}
+
+// Anti-aliased edges blend into the background; a stroke's middle is its colour.
+bool near(Rgb a, Rgb b, int tolerance = 12) {
+  return std::abs(a.r - b.r) <= tolerance && std::abs(a.g - b.g) <= tolerance && std::abs(a.b - b.b) <= tolerance;
+}
+
+int count_near(const Image& image, const PixelRect& r, Rgb color) {
+  int count = 0;
+  for (int y = r.top; y < r.bottom; ++y) {
+    for (int x = r.left; x < r.right; ++x) count += near(image.at(x, y), color);
+  }
+  return count;
+}
+
+TEST(PlotRuns, EachRunIsALineInItsOwnColourOverTheUnionOfSteps) {
+  TempDir dir;
+  // Three runs of different lengths and losses: a over 0..100, b over 50..200, c over 0..150.
+  const std::vector<MetricsLog> logs = {parse_metrics(constant_run(0, 100, 0.2), "a/metrics.jsonl"),
+                                        parse_metrics(constant_run(50, 200, 0.5), "b/metrics.jsonl"),
+                                        parse_metrics(constant_run(0, 150, 0.8), "c/metrics.jsonl")};
+  const std::vector<double> loss = {0.2, 0.5, 0.8};
+  const std::vector<std::pair<int, int>> span = {{0, 100}, {50, 200}, {0, 150}};
+  PlotOptions options;
+  options.smooth = 1;  // raw lines only: each one in its run's colour
+  const Figure figure = render_runs(logs, {}, options);
+  ASSERT_EQ(figure.runs.size(), 3u);
+  EXPECT_EQ(figure.runs[0].label, "a");
+  EXPECT_EQ(figure.runs[1].label, "b");
+  EXPECT_EQ(figure.runs[2].label, "c");
+  EXPECT_NE(figure.runs[0].color, figure.runs[1].color);
+  EXPECT_NE(figure.runs[1].color, figure.runs[2].color);
+  EXPECT_NE(figure.runs[0].color, figure.runs[2].color);
+  ASSERT_EQ(figure.panels.size(), 2u);  // loss and lr, as for one run
+  EXPECT_EQ(figure.panels[0].metric, "loss");
+  // The step axis spans all three runs (2% margins), the loss axis all three values.
+  EXPECT_DOUBLE_EQ(figure.x_min, -4);
+  EXPECT_DOUBLE_EQ(figure.x_max, 204);
+  EXPECT_LT(figure.panels[0].y_min, 0.2);
+  EXPECT_GT(figure.panels[0].y_max, 0.8);
+
+  figure.canvas.write_png(dir / "runs.png");
+  const Image image = decode_png(dir / "runs.png");
+  for (std::size_t run = 0; run < 3; ++run) {
+    const Rgb color = figure.runs[run].color;
+    for (int s = 0; s <= 200; s += 10) {
+      const Point p = figure.to_pixel(0, s, loss[run]);
+      const Rgb pixel = image.at(static_cast<int>(p.x), static_cast<int>(p.y));
+      // Inside the run's steps its line is there in its colour; well past its ends (round caps
+      // reach a pixel beyond them) it is not. The end points themselves are only half covered.
+      if (s > span[run].first && s < span[run].second) {
+        EXPECT_TRUE(near(pixel, color)) << "run " << run << " step " << s;
+      } else if (s < span[run].first - 5 || s > span[run].second + 5) {
+        EXPECT_FALSE(near(pixel, color)) << "run " << run << " step " << s;
+      }
+    }
+  }
+  // Each run's colour is on its own line only, and nothing else is drawn in the loss panel: a
+  // curve pixel is within a stroke's width of one of the three lines.
+  const PixelRect& r = figure.panels[0].plot;
+  std::vector<int> on_line(3, 0);
+  for (int y = r.top; y < r.bottom; ++y) {
+    for (int x = r.left; x < r.right; ++x) {
+      const Rgb pixel = image.at(x, y);
+      bool near_a_line = false;
+      for (std::size_t run = 0; run < 3; ++run) {
+        const double distance = std::fabs(y + 0.5 - figure.to_pixel(0, 0, loss[run]).y);
+        near_a_line = near_a_line || distance < 3;
+        if (near(pixel, figure.runs[run].color)) {
+          ASSERT_LT(distance, 2) << "run " << run << " x " << x << " y " << y;
+          ++on_line[run];
+        }
+      }
+      if (is_curve(pixel)) {
+        ASSERT_TRUE(near_a_line) << "x " << x << " y " << y;
+      }
+    }
+  }
+  for (std::size_t run = 0; run < 3; ++run) {
+    const double length = figure.to_pixel(0, span[run].second, 0).x - figure.to_pixel(0, span[run].first, 0).x;
+    EXPECT_GT(on_line[run], 0.9 * length) << "run " << run;  // at least one full-colour pixel per column
+  }
+}
+
+TEST(PlotRuns, LegendHasASwatchAndALabelPerRun) {
+  const std::vector<MetricsLog> logs = {parse_metrics(constant_run(0, 100, 0.2), "x/metrics.jsonl"),
+                                        parse_metrics(constant_run(0, 100, 0.5), "y/metrics.jsonl")};
+  PlotOptions options;
+  options.smooth = 1;
+  const Figure lisa = render_runs(logs, {"lisa", "lora"}, options);
+  ASSERT_EQ(lisa.runs.size(), 2u);
+  EXPECT_EQ(lisa.runs[0].label, "lisa");
+  EXPECT_EQ(lisa.runs[1].label, "lora");
+  for (const auto& run : lisa.runs) {
+    const PixelRect& s = run.swatch;
+    ASSERT_GT(s.width(), 0);
+    ASSERT_GT(s.height(), 0);
+    EXPECT_LT(s.bottom, lisa.panels[0].plot.top) << run.label;  // in the header
+    for (int y = s.top; y < s.bottom; ++y) {
+      for (int x = s.left; x < s.right; ++x) EXPECT_EQ(lisa.canvas.pixel(x, y), run.color) << run.label;
+    }
+    // The label's ink follows the swatch on its right.
+    int ink = 0;
+    for (int y = s.top - 10; y < s.bottom + 10; ++y) {
+      for (int x = s.right; x < s.right + 30; ++x) ink += lisa.canvas.pixel(x, y) != kWhite;
+    }
+    EXPECT_GT(ink, 10) << run.label;
+  }
+  EXPECT_LT(lisa.runs[0].swatch.right, lisa.runs[1].swatch.left);  // side by side, in run order
+
+  // Other labels: another legend, the same plots.
+  const Figure full = render_runs(logs, {"full", "lora"}, options);
+  EXPECT_NE(lisa.canvas.rgb(), full.canvas.rgb());
+  ASSERT_EQ(full.panels[0].plot.top, lisa.panels[0].plot.top);
+  const PixelRect& r = lisa.panels[0].plot;
+  for (int y = r.top; y < r.bottom; ++y) {
+    for (int x = r.left; x < r.right; ++x) ASSERT_EQ(lisa.canvas.pixel(x, y), full.canvas.pixel(x, y));
+  }
+}
+
+TEST(PlotRuns, LabelsAreFolderNamesWithParentsWhereTheyCollide) {
+  PlotOptions options;
+  const auto labels_of = [&options](const std::vector<std::string>& files, const std::vector<std::string>& given) {
+    std::vector<MetricsLog> logs;
+    for (const auto& file : files) logs.push_back(parse_metrics(constant_run(0, 10, 0.5), file));
+    std::vector<std::string> out;
+    for (const auto& run : render_runs(logs, given, options).runs) out.push_back(run.label);
+    return out;
+  };
+  EXPECT_EQ(labels_of({"exp/lisa/metrics.jsonl", "exp/lora/metrics.jsonl"}, {}),
+            (std::vector<std::string>{"lisa", "lora"}));
+  EXPECT_EQ(labels_of({"x/run/metrics.jsonl", "y/run/metrics.jsonl", "z/full.jsonl"}, {}),
+            (std::vector<std::string>{"x/run", "y/run", "full"}));
+  EXPECT_EQ(labels_of({"a/run/metrics.jsonl", "b/run/metrics.jsonl"}, {"", "mine"}),
+            (std::vector<std::string>{"run", "mine"}));  // an empty entry: the run's own name
+  const auto twice = labels_of({"same/metrics.jsonl", "same/metrics.jsonl"}, {});
+  ASSERT_EQ(twice.size(), 2u);
+  EXPECT_EQ(twice[1], twice[0] + " (2)");
+}
+
+TEST(PlotRuns, MetricInOneRunOnlyHasOneLine) {
+  const std::vector<MetricsLog> logs = {
+      parse_metrics(constant_run(0, 100, 0.2, ", \"grad_norm\": 3"), "a/metrics.jsonl"),
+      parse_metrics(constant_run(0, 100, 0.5), "b/metrics.jsonl"),
+      parse_metrics(constant_run(0, 100, 0.8, ", \"implicit_acc\": 0.75"), "c/metrics.jsonl")};
+  PlotOptions options;
+  options.smooth = 1;
+  // The default list: what any run has (c's implicit_acc), in the list's order.
+  const Figure defaults = render_runs(logs, {}, options);
+  ASSERT_EQ(defaults.panels.size(), 3u);
+  EXPECT_EQ(defaults.panels[0].metric, "loss");
+  EXPECT_EQ(defaults.panels[1].metric, "implicit_acc");
+  EXPECT_EQ(defaults.panels[2].metric, "lr");
+
+  options.metrics = {"grad_norm", "loss"};
+  const Figure figure = render_runs(logs, {}, options);
+  ASSERT_EQ(figure.panels.size(), 2u);
+  const PixelRect& r = figure.panels[0].plot;
+  int own = 0, others = 0;
+  for (int y = r.top; y < r.bottom; ++y) {
+    for (int x = r.left; x < r.right; ++x) {
+      own += near(figure.canvas.pixel(x, y), figure.runs[0].color);
+      others += near(figure.canvas.pixel(x, y), figure.runs[1].color, 60) ||
+                near(figure.canvas.pixel(x, y), figure.runs[2].color, 60);
+    }
+  }
+  EXPECT_GT(own, 100);
+  EXPECT_EQ(others, 0);
+  const Point p = figure.to_pixel(0, 50, 3);
+  EXPECT_TRUE(near(figure.canvas.pixel(static_cast<int>(p.x), static_cast<int>(p.y)), figure.runs[0].color));
+}
+
+TEST(PlotRuns, SmoothingIsPerRunAndEventsAreLeftOut) {
+  std::string a, b;
+  for (int s = 0; s < 400; ++s) a += fmt::format("{{\"step\": {}, \"loss\": {}}}\n", s, s % 10 ? 1.0 : 0.1);
+  for (int s = 0; s < 100; ++s) b += fmt::format("{{\"step\": {}, \"loss\": {}}}\n", s, s % 2 ? 1.0 : 0.5);
+  const std::string events = "{\"step\": 30, \"event\": \"recall\"}\n{\"step\": 70, \"event\": \"checkpoint\"}\n";
+  PlotOptions options;
+  const Figure figure = render_runs({parse_metrics(a, "a/metrics.jsonl"), parse_metrics(b, "b/metrics.jsonl")}, {},
+                                    options);
+  ASSERT_EQ(figure.panels.size(), 1u);
+  EXPECT_EQ(figure.panels[0].run_windows, (std::vector<int>{20, 5}));  // about 1/20 of each run's points
+  EXPECT_EQ(figure.panels[0].smooth_window, 20);
+  // Between two of a's dips its 20-record average holds 18 ones and two dips (19 of them, as
+  // the window is centred: 17 ones and two dips); its overlay is there, in a's colour.
+  const Point mean = figure.to_pixel(0, 205, 17.2 / 19);
+  EXPECT_TRUE(near(figure.canvas.pixel(static_cast<int>(mean.x), static_cast<int>(mean.y)), figure.runs[0].color, 40));
+
+  // With several runs, one run's events are not drawn: the figure is the same without them.
+  const Figure with_events = render_runs(
+      {parse_metrics(a + events, "a/metrics.jsonl"), parse_metrics(b, "b/metrics.jsonl")}, {}, options);
+  EXPECT_EQ(with_events.canvas.rgb(), figure.canvas.rgb());
+}
+
+TEST(PlotRuns, OneRunIsTheSingleRunFigure) {
+  std::string text = known_metrics() + "{\"step\": 30, \"event\": \"recall\"}\n";
+  const auto log = parse_metrics(text, "run/metrics.jsonl");
+  PlotOptions options;
+  const Figure single = render_metrics(log, options);
+  const Figure runs = render_runs({log}, {}, options);
+  EXPECT_TRUE(runs.runs.empty());
+  EXPECT_EQ(single.canvas.rgb(), runs.canvas.rgb());
+  EXPECT_EQ(single.panels[0].run_windows, (std::vector<int>{single.panels[0].smooth_window}));
+  // A label replaces the folder's name in the header, nothing else.
+  const Figure labelled = render_runs({log}, {"lisa"}, options);
+  EXPECT_NE(single.canvas.rgb(), labelled.canvas.rgb());
+  const PixelRect& r = single.panels[0].plot;
+  for (int y = r.top; y < r.bottom; ++y) {
+    for (int x = r.left; x < r.right; ++x) ASSERT_EQ(single.canvas.pixel(x, y), labelled.canvas.pixel(x, y));
+  }
+}
+
+TEST(PlotRuns, MistakesAreErrorsNamingTheFlagOrFile) {
+  const std::vector<MetricsLog> logs = {parse_metrics(constant_run(0, 10, 0.2), "a/metrics.jsonl"),
+                                        parse_metrics(constant_run(0, 10, 0.5, ", \"grad_norm\": 1"), "b/metrics.jsonl")};
+  PlotOptions options;
+  EXPECT_THROW_WITH(render_runs(logs, {"one", "two", "three"}, options), "--labels: 3 labels for 2 runs");
+  EXPECT_THROW_WITH(render_runs(logs, {"one"}, options), "--labels: 1 label for 2 runs");
+  EXPECT_THROW_WITH(render_runs({}, {}, options), "no runs to plot");
+  EXPECT_THROW_WITH(render_runs(std::vector<MetricsLog>(9, logs[0]), {}, options), "9 runs, at most 8");
+  options.metrics = {"loss", "nope"};
+  EXPECT_THROW_WITH(render_runs(logs, {}, options), "no metric 'nope' in any of the 2 runs", "a: loss, lr",
+                    "b: grad_norm, loss, lr");
+  options.metrics = {"grad_norm"};  // in b only: fine
+  EXPECT_EQ(render_runs(logs, {}, options).panels.size(), 1u);
+  options.metrics = {};
+  options.log_y = {"grad_norm"};
+  EXPECT_THROW_WITH(render_runs(logs, {}, options), "'grad_norm' is not one of the plotted metrics (loss, lr)");
+
+  TempDir dir;
+  const auto a = write_run(dir, "a", constant_run(0, 10, 0.2));
+  const auto b = write_run(dir, "b", constant_run(0, 10, 0.5));
+  EXPECT_THROW_WITH(plot_runs({a, b}, {}, PlotOptions{}), "--out: required when plotting several runs");
+  PlotOptions out;
+  out.out = dir / "both.png";
+  EXPECT_THROW_WITH(plot_runs({a, dir / "missing"}, {}, out), (dir / "missing").string() + ": no such file");
+  fs::create_directories(dir / "no-metrics");
+  EXPECT_THROW_WITH(plot_runs({dir / "no-metrics", b}, {}, out), (dir / "no-metrics" / "metrics.jsonl").string(),
+                    "no such file");
+  EXPECT_FALSE(fs::exists(dir / "both.png"));
+  EXPECT_EQ(plot_runs({a, b}, {}, out), dir / "both.png");
+  EXPECT_EQ(decode_png(dir / "both.png").width, 1000);
+  EXPECT_FALSE(fs::exists(a / "metrics.png"));
+}
+
+TEST(PlotCli, SeveralRunsShareOneFigure) {
+  TempDir dir;
+  const auto a = write_run(dir, "lisa", constant_run(0, 100, 0.2));
+  const auto b = write_run(dir, "lora", constant_run(0, 150, 0.5));
+  const auto c = write_run(dir, "full", constant_run(20, 80, 0.8));
+  const std::string runs = " " + a.string() + " " + b.string() + " " + c.string();
+  const auto out = dir / "compare.png";
+
+  const auto [rc, output] = run_command(cli_path() + " plot" + runs + " --labels LISA,LoRA,full --out " + out.string());
+  EXPECT_EQ(rc, 0) << output;
+  EXPECT_NE(output.find("wrote " + out.string()), std::string::npos) << output;
+  EXPECT_EQ(decode_png(out).width, 1000);
+
+  // No --out: there is no one run folder to write into.
+  const auto [rc2, output2] = run_command(cli_path() + " plot" + runs);
+  EXPECT_EQ(rc2, 2) << output2;
+  EXPECT_NE(output2.find("--out: required when plotting several runs"), std::string::npos) << output2;
+  for (const auto& run : {a, b, c}) EXPECT_FALSE(fs::exists(run / "metrics.png")) << run;
+
+  const auto [rc3, output3] = run_command(cli_path() + " plot" + runs + " --labels x,y -o " + (dir / "x.png").string());
+  EXPECT_EQ(rc3, 2) << output3;
+  EXPECT_NE(output3.find("--labels: 2 labels for 3 runs"), std::string::npos) << output3;
+  EXPECT_FALSE(fs::exists(dir / "x.png"));
+
+  const auto [rc4, output4] = run_command(cli_path() + " plot" + runs + " " + (dir / "nope").string() + " -o " +
+                                          (dir / "y.png").string());
+  EXPECT_EQ(rc4, 1) << output4;
+  EXPECT_NE(output4.find("error: " + (dir / "nope").string() + ": no such file"), std::string::npos) << output4;
+  EXPECT_FALSE(fs::exists(dir / "y.png"));
+
+  const auto [rc5, output5] = run_command(cli_path() + " plot" + runs + " --metrics nope -o " + (dir / "z.png").string());
+  EXPECT_EQ(rc5, 1) << output5;
+  EXPECT_NE(output5.find("no metric 'nope' in any of the 3 runs"), std::string::npos) << output5;
 }
 
 }  // namespace
