@@ -62,8 +62,8 @@ fi
 
 echo "[shapes] text_to_image --method full: $UNET_STEPS steps from random weights"
 "$text_to_image" --pretrained_model_name_or_path "$work/with-vae" --train_data_dir "$work/data" \
-  --method full --resolution 32 --train_batch_size 32 --learning_rate 1e-3 --lr_scheduler cosine \
-  --lr_warmup_steps 100 --snr_gamma 5 \
+  --method full --resolution 32 --train_batch_size 32 --learning_rate 1e-3 --lr_scheduler constant \
+  --snr_gamma 5 \
   --max_train_steps "$UNET_STEPS" --checkpointing_steps 250 --checkpoints_total_limit 1 \
   --resume_from_checkpoint latest --seed 0 --output_dir "$work/unet-run"
 

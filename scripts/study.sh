@@ -151,7 +151,7 @@ run() {
     dpo)
       "$APPS/diffusion_dpo" --pretrained_model_name_or_path "$SHAPES" --dataset_name "$OUT/data/dpo" \
         --resolution 32 --train_batch_size 8 --max_train_steps "$DPO_STEPS" --lr_scheduler constant \
-        --learning_rate "$(lr_for "$method" 1e-5 1e-4)" --method "$method" --seed "$seed" \
+        --learning_rate "$(lr_for "$method" 5e-5 5e-4)" --method "$method" --seed "$seed" \
         --output_dir "$dir/out" "$@" > "$dir/train.log" 2>&1
       local model=("$dir/out")
       [ "$method" = lora ] && model=("$SHAPES" --lora "$dir/out/pytorch_lora_weights.safetensors")
@@ -166,7 +166,8 @@ run() {
       [ "$shards" = 1 ] && spec="$OUT/data/lcm/00000.tar"
       "$APPS/lcm_distill" --pretrained_teacher_model "$SHAPES" --train_shards_path_or_url "$spec" \
         --resolution 32 --train_batch_size 16 --max_train_steps "$LCM_STEPS" --lr_scheduler constant \
-        --learning_rate "$(lr_for "$method" 1e-4 1e-4)" --validation_steps 100000 --method "$method" \
+        --learning_rate "$(lr_for "$method" 1e-4 1e-4)" --validation_steps 100000 --w_min 0 --w_max 0 \
+        --method "$method" \
         --seed "$seed" --output_dir "$dir/out" "$@" > "$dir/train.log" 2>&1
       local student=(--unet "$dir/out/unet_target")
       [ "$method" = lora ] && student=(--lora "$dir/out/unet_lora/pytorch_lora_weights.safetensors")
