@@ -205,13 +205,15 @@ def grids(args):
         if not (method_dir / "images.jsonl").exists():
             continue
         index = [json.loads(l) for l in (method_dir / "images.jsonl").read_text().splitlines() if l.strip()][:cols]
-        img = Image.new("RGB", (label_w + cols * (cell + 4), 18 + len(rows) * (cell + 4)), "white")
+        head = 30
+        img = Image.new("RGB", (label_w + cols * (cell + 4), head + len(rows) * (cell + 4)), "white")
         d = ImageDraw.Draw(img)
         for c, rec in enumerate(index):
-            d.text((label_w + c * (cell + 4), 2), rec["prompt"].replace("a ", "").replace(" background", "")[:20],
-                   fill="black")
+            words = [w for w in rec["prompt"].split() if w not in ("a", "the", "make", "on", "background")]
+            d.text((label_w + c * (cell + 4), 2), " ".join(words[:2])[:11], fill="black")
+            d.text((label_w + c * (cell + 4), 14), " ".join(words[2:])[:11], fill="black")
         for r, (name, folder) in enumerate(rows):
-            y = 18 + r * (cell + 4)
+            y = head + r * (cell + 4)
             d.text((4, y + cell // 2 - 6), name, fill="black")
             for c, rec in enumerate(index):
                 path = pathlib.Path(rec["image"]) if folder is None else folder / rec["file"]
