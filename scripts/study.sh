@@ -156,9 +156,7 @@ run() {
       local model=("$dir/out")
       [ "$method" = lora ] && model=("$SHAPES" --lora "$dir/out/pytorch_lora_weights.safetensors")
       gen_score "$dir/known" "$OUT/data/known_prompts.txt" "${model[@]}" "${ddim[@]}"
-      local loss_model=("$dir/out")
-      [ "$method" = lora ] && loss_model=("$SHAPES" --lora "$dir/out/pytorch_lora_weights.safetensors")
-      "$lisadiff" eval-loss "${loss_model[@]}" --data "$OUT/data/t2i-known-heldout" --json "$dir/loss.json" > /dev/null
+      "$lisadiff" eval-loss "${model[@]}" --data "$OUT/data/t2i-known-heldout" --json "$dir/loss.json" > /dev/null
       ;;
     lcm)
       local shards=$(( (N_TRAIN + 99) / 100 )) spec
