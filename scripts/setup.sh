@@ -35,6 +35,7 @@ APT_PACKAGES=(
   libcairo2-dev libfreetype-dev fonts-dejavu-core
   libre2-dev libutf8proc-dev libgtest-dev libgmock-dev libbenchmark-dev
   libprotobuf-dev protobuf-compiler libboost-dev libgloo-dev
+  clang libclang-rt-14-dev
 )
 
 say() { printf '[setup] %s\n' "$*"; }

@@ -40,7 +40,7 @@ constexpr std::int64_t kMaxPixels = 178'956'970;
 
 void check_dimensions(std::int64_t width, std::int64_t height, const std::string& what) {
   if (width <= 0 || height <= 0) throw Error(what + ": image has no pixels (" + std::to_string(width) + "x" + std::to_string(height) + ")");
-  if (width * height > kMaxPixels) {
+  if (width > kMaxPixels || height > kMaxPixels || width * height > kMaxPixels) {  // no overflow: each side checked first
     throw Error(what + ": " + std::to_string(width) + "x" + std::to_string(height) + " image exceeds " +
                 std::to_string(kMaxPixels) + " pixels (a decompression bomb, as PIL calls it)");
   }
@@ -257,6 +257,8 @@ torch::Tensor decode_image(std::string_view bytes, const std::string& what) {
 std::pair<int, int> image_size(std::string_view bytes, const std::string& what) {
   const auto size = header_size(bytes, sniff_image_format(bytes));
   if (!size) throw Error(what + ": not an image lisadiff can read, or its header is corrupt");
+  // The decoders' limits (no pixels, a decompression bomb) hold for the header alone too.
+  check_dimensions(size->first, size->second, what);
   return {static_cast<int>(size->first), static_cast<int>(size->second)};
 }
 

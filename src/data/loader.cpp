@@ -124,6 +124,9 @@ Batch DataLoader::next() {
         break;
       case Processed::Status::kBad: count_bad(r); break;
     }
+    if (r.processed.status != Processed::Status::kOk) {
+      last_unusable_ = "'" + r.processed.example.key + "': " + r.processed.problem;
+    }
     if (r.processed.status == Processed::Status::kOk) {
       unusable_in_a_row_ = 0;
     } else if (++unusable_in_a_row_ > options_.max_unusable_in_a_row) {
@@ -138,7 +141,7 @@ Batch DataLoader::next() {
       if (good_in_epoch_ == 0) {
         throw Error("data: epoch " + std::to_string(r.epoch) + " of " + source_->describe() +
                     " has no usable sample (" + std::to_string(stats_.bad) + " bad, " +
-                    std::to_string(stats_.filtered) + " filtered so far)");
+                    std::to_string(stats_.filtered) + " filtered so far; last: " + last_unusable_ + ")");
       }
       good_in_epoch_ = 0;
     }

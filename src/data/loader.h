@@ -112,6 +112,7 @@ class DataLoader {
   LoaderStats stats_;
   std::int64_t good_in_epoch_ = 0;
   std::int64_t unusable_in_a_row_ = 0;  // bad or filtered records since the last usable one
+  std::string last_unusable_;            // "'key': problem" of the last bad or filtered record
 };
 
 }  // namespace lisadiff::data

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -22,6 +23,18 @@ std::filesystem::path temp_name_for(const std::filesystem::path& target) {
   const std::string name = "." + target.filename().string() + ".tmp." + std::to_string(getpid()) + "." +
                            std::to_string(salt) + "." + std::to_string(counter++);
   return target.parent_path() / name;
+}
+
+// Fault injection for the disk-full tests (docs/hardening.md): with LISADIFF_FAULT_ENOSPC set,
+// every atomic write whose target path contains its value fails as on a full disk (ENOSPC), so
+// that a test can fill the disk at one chosen file (a checkpoint's, the final save's). Read
+// once; unset, it costs one comparison per write.
+bool injected_enospc(const std::filesystem::path& target) {
+  static const std::string pattern = [] {
+    const char* v = std::getenv("LISADIFF_FAULT_ENOSPC");
+    return v != nullptr ? std::string(v) : std::string();
+  }();
+  return !pattern.empty() && target.string().find(pattern) != std::string::npos;
 }
 
 }  // namespace
@@ -54,6 +67,10 @@ void AtomicFileWriter::fail(const char* what) {
 }
 
 void AtomicFileWriter::write(const void* data, std::size_t size) {
+  if (size > 0 && injected_enospc(target_)) {
+    errno = ENOSPC;
+    fail("write failed");
+  }
   const auto* p = static_cast<const char*>(data);
   while (size > 0) {
     const ssize_t n = ::write(fd_, p, size);

@@ -710,7 +710,8 @@ ResolvedSpecials resolve_specials(const FolderFiles& files) {
   }
   ResolvedSpecials out;
   out.named = named;
-  for (const auto& [key, spec] : named) {
+  for (const auto& entry : named) {
+    const TokenSpec& spec = entry.second;  // not a structured binding: C++17 lambdas cannot capture those
     auto same = std::find_if(out.matched.begin(), out.matched.end(),
                              [&](const TokenSpec& t) { return t.content == spec.content; });
     if (same == out.matched.end()) {

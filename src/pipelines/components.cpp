@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "config/pipeline_index.h"
 #include "config/scheduler_config.h"
 #include "core/error.h"
 #include "pipelines/lora.h"
@@ -20,6 +21,9 @@ std::unique_ptr<schedulers::Sampler> Components::sampler(const std::string& name
 
 Components load_components(const fs::path& folder, const PipelineLoadOptions& options) {
   if (!fs::is_directory(folder)) throw Error(folder.string(), "not a pipeline folder (no such directory)");
+  // The index is not needed to load (the component folders are), but a pipeline folder whose
+  // model_index.json is broken is one diffusers cannot load either: say so.
+  if (fs::exists(folder / "model_index.json")) (void)config::PipelineIndex::from_file(folder / "model_index.json");
   Components c;
   c.folder = folder;
   c.dtype = options.dtype;

@@ -133,6 +133,9 @@ ValidationResult Validator::run(int64_t step, models::UNet2DConditionModel unet,
   result.seed = spec.seed ? *spec.seed : (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
   auto generator = at::make_generator<at::CPUGeneratorImpl>(result.seed);
   const bool edit = spec.source_image.defined();
+  spdlog::info("[validation] step {}{}: running ({} prompts x {} images, {} steps)", step,
+               spec.name.empty() ? "" : " " + spec.name, spec.prompts.size(), spec.images_per_prompt,
+               spec.num_inference_steps);
   const auto negatives = negative_prompts_for(spec.prompts, spec.negative_prompts);
 
   std::vector<torch::Tensor> images;

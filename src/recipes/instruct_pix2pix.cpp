@@ -175,7 +175,7 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
   auto& values = run.values;
   const auto& source = run.source;
   config::FieldReader reader(values, source);
-  auto settings = read_settings(reader);
+  auto settings = reading_values([&] { return read_settings(reader); });
   // Validation's source image, checked before anything runs.
   torch::Tensor val_image;
   if (settings.val_image_url.has_value() != settings.validation_prompt.has_value()) {
@@ -187,12 +187,13 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
 
   check_resolution(values);
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kIp2p);
-  data_options.read(reader);  // validates too
+  reading_values([&] { data_options.read(reader); });  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
   const auto dist = join_process_group(data_options, device);
   data::DataLoader loader(data_options);
   derive_step_count(values, reader, loader.batches_per_epoch(), data_options.world_size);
-  auto options = train::TrainerOptions::read(reader);
+  auto options = reading_values([&] { return train::TrainerOptions::read(reader); });
+  options.recipe = "instruct_pix2pix";
   options.group = dist.group;
   options.main_process = dist.env.rank == 0;
   if (options.method == train::TrainMethod::kLora &&

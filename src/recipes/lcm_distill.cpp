@@ -374,13 +374,13 @@ void run_lcm_distill(const ParsedArgs& parsed) {
   const auto& source = run.source;
   values["scale_lr"] = false;  // the script defines --scale_lr and never reads it (a note says so)
   config::FieldReader reader(values, source);
-  const auto settings = read_settings(reader);
+  const auto settings = reading_values([&] { return read_settings(reader); });
   check_resolution(values);
   if (!values.at("train_shards_path_or_url").is_string()) {
     throw UsageError("--train_shards_path_or_url is required: the webdataset shards to distil on");
   }
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kT2i);
-  data_options.read(reader);  // validates too
+  reading_values([&] { data_options.read(reader); });  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
   const auto dist = join_process_group(data_options, device);
   data::DataLoader loader(data_options);
@@ -390,7 +390,8 @@ void run_lcm_distill(const ParsedArgs& parsed) {
   }
   const int64_t nominal = nominal_batches_per_epoch(values, data_options.world_size);
   derive_step_count(values, reader, nominal >= 0 ? nominal : loader.batches_per_epoch(), data_options.world_size);
-  auto options = train::TrainerOptions::read(reader);
+  auto options = reading_values([&] { return train::TrainerOptions::read(reader); });
+  options.recipe = "lcm_distill";
   options.group = dist.group;
   options.main_process = dist.env.rank == 0;
   finish_reading(table, reader);

@@ -32,14 +32,12 @@
 
 #include "config/json_fields.h"
 #include "core/error.h"
+#include "core/usage_error.h"
 
 namespace lisadiff::recipes {
 
 // A command-line or config-file mistake: exit code 2 (core/exit_codes.h).
-class UsageError : public Error {
- public:
-  using Error::Error;
-};
+using lisadiff::UsageError;
 
 // kList: comma-separated on the command line ("to_q,to_k"), a list of strings (or that
 // comma-separated string) in a config file; parsed as a JSON list of strings.

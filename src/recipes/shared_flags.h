@@ -48,4 +48,18 @@ config::Json recipe_values(const FlagTable& table, const ParsedArgs& parsed);
 // lisadiff::Error naming any key no reader claimed.
 void finish_reading(const FlagTable& table, config::FieldReader& reader);
 
+// Calls `read` (typed options read from the command line and config values, and validated)
+// and turns a lisadiff::Error it throws into a UsageError: a bad value of a flag or config
+// key is a usage mistake, exit code 2, like an unknown flag.
+template <class Read>
+auto reading_values(Read&& read) -> decltype(read()) {
+  try {
+    return read();
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
+}
+
 }  // namespace lisadiff::recipes

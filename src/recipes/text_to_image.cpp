@@ -179,15 +179,16 @@ void run_text_to_image(const ParsedArgs& parsed) {
   const auto& source = run.source;
   merge_rank_alias(parsed, values);
   config::FieldReader reader(values, source);
-  const auto settings = read_settings(reader);
+  const auto settings = reading_values([&] { return read_settings(reader); });
   check_resolution(values);
   auto data_options = data::DataOptions::for_text_to_image();
-  data_options.read(reader);  // validates too
+  reading_values([&] { data_options.read(reader); });  // validates too
   const torch::Device device = training_device(settings.allow_tf32);
   const auto dist = join_process_group(data_options, device);
   data::DataLoader loader(data_options);
   derive_step_count(values, reader, loader.batches_per_epoch(), data_options.world_size);
-  auto options = train::TrainerOptions::read(reader);
+  auto options = reading_values([&] { return train::TrainerOptions::read(reader); });
+  options.recipe = "text_to_image";
   options.group = dist.group;
   options.main_process = dist.env.rank == 0;
   finish_reading(table, reader);

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "core/error.h"
+#include "core/usage_error.h"
 #include "data/loader.h"
 #include "pipelines/components.h"
 #include "schedulers/ddpm.h"
@@ -14,12 +15,12 @@ namespace lisadiff::tools {
 namespace fs = std::filesystem;
 
 EvalLossSummary eval_loss(const EvalLossOptions& o) {
-  if (o.train_data_dir.empty()) throw Error("--train_data_dir: a held-out image folder is required");
-  if (o.batch_size < 1) throw Error("--batch_size: expected at least 1");
-  if (o.repeats < 1) throw Error("--repeats: expected at least 1");
-  if (o.max_samples == 0 || o.max_samples < -1) throw Error("--max_samples: expected a positive count (or -1: all)");
+  if (o.train_data_dir.empty()) throw UsageError("--train_data_dir: a held-out image folder is required");
+  if (o.batch_size < 1) throw UsageError("--batch_size: expected at least 1");
+  if (o.repeats < 1) throw UsageError("--repeats: expected at least 1");
+  if (o.max_samples == 0 || o.max_samples < -1) throw UsageError("--max_samples: expected a positive count (or -1: all)");
   if (o.resolution < 0 || o.resolution % 8 != 0) {
-    throw Error("--resolution: expected a positive multiple of 8, got " + std::to_string(o.resolution));
+    throw UsageError("--resolution: expected a positive multiple of 8, got " + std::to_string(o.resolution));
   }
   const auto start = std::chrono::steady_clock::now();
   pipelines::PipelineLoadOptions lo;

@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "core/usage_error.h"
 #include "data/image.h"
 #include "io/atomic_file.h"
 #include "io/image_grid.h"
@@ -42,7 +43,7 @@ torch::ScalarType dtype_of(const std::string& name) {
   if (name == "fp32") return torch::kFloat32;
   if (name == "fp16") return torch::kHalf;
   if (name == "bf16") return torch::kBFloat16;
-  throw Error("--dtype: '" + name + "' is not one of fp32, fp16, bf16");
+  throw UsageError("--dtype: '" + name + "' is not one of fp32, fp16, bf16");
 }
 
 torch::Device device_of(const std::string& name) {
@@ -52,12 +53,12 @@ torch::Device device_of(const std::string& name) {
     if (!device.is_cpu() && !device.is_cuda()) throw Error("--device " + name + ": only cpu and cuda are supported");
     return device;
   } catch (const c10::Error&) {
-    throw Error("--device: '" + name + "' is not a device (cpu, cuda, cuda:N)");
+    throw UsageError("--device: '" + name + "' is not a device (cpu, cuda, cuda:N)");
   }
 }
 
 void prepare_out(const GenerateOptions& o) {
-  if (o.out.empty()) throw Error("--out: no output folder given");
+  if (o.out.empty()) throw UsageError("--out: no output folder given");
   std::error_code ec;
   const auto status = fs::symlink_status(o.out, ec);
   if (fs::exists(status)) {
@@ -80,9 +81,14 @@ std::string number(double x) { return fmt::format("{}", x); }
 GenerateSummary generate(const GenerateOptions& o) {
   // Everything that can be wrong with the input is found before OUT is touched.
   const auto prompts = read_prompts(o);
-  if (o.images_per_prompt < 1) throw Error("--images_per_prompt must be at least 1");
-  if (o.steps && *o.steps < 1) throw Error("--steps must be at least 1");
-  if (o.height || o.width) pipelines::check_image_size(o.height.value_or(8), o.width.value_or(8));
+  if (o.images_per_prompt < 1) throw UsageError("--images_per_prompt must be at least 1");
+  if (o.steps && *o.steps < 1) throw UsageError("--steps must be at least 1");
+  for (const auto& [flag, value] : {std::pair{"--height", o.height}, std::pair{"--width", o.width}}) {
+    if (value && (*value <= 0 || *value % 8 != 0)) {
+      throw UsageError(fmt::format("{} {}: expected a positive multiple of 8 (the VAE halves the image three times)",
+                                   flag, *value));
+    }
+  }
   pipelines::PipelineLoadOptions lo;
   lo.dtype = dtype_of(o.dtype);
   lo.device = device_of(o.device);

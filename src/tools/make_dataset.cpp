@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/usage_error.h"
 #include "data/image.h"
 #include "data/transforms.h"
 #include "data/wds_writer.h"
@@ -432,49 +433,49 @@ std::optional<Rgb> dataset_color(std::string_view name) {
 
 void validate(const MakeDatasetOptions& o) {
   if (o.kind != "t2i" && o.kind != "ip2p" && o.kind != "dpo") {
-    throw Error("--kind: expected t2i, ip2p or dpo, got '" + o.kind + "'");
+    throw UsageError("--kind: expected t2i, ip2p or dpo, got '" + o.kind + "'");
   }
   if (o.format != "folder" && o.format != "wds") {
-    throw Error("--format: expected folder or wds, got '" + o.format + "'");
+    throw UsageError("--format: expected folder or wds, got '" + o.format + "'");
   }
   if (o.n < 1 || o.n > kMaxExamples) {
-    throw Error("--n: expected 1 to " + std::to_string(kMaxExamples) + " examples (keys have nine digits), got " +
+    throw UsageError("--n: expected 1 to " + std::to_string(kMaxExamples) + " examples (keys have nine digits), got " +
                 std::to_string(o.n));
   }
-  if (o.out.empty()) throw Error("--out: an output folder is required");
+  if (o.out.empty()) throw UsageError("--out: an output folder is required");
   if (o.size < kMinSize || o.size > kMaxSize) {
-    throw Error("--size: expected " + std::to_string(kMinSize) + " to " + std::to_string(kMaxSize) +
+    throw UsageError("--size: expected " + std::to_string(kMinSize) + " to " + std::to_string(kMaxSize) +
                 " pixels, got " + std::to_string(o.size));
   }
   if (o.image_format != "png" && o.image_format != "jpg") {
-    throw Error("--image-format: expected png or jpg, got '" + o.image_format + "'");
+    throw UsageError("--image-format: expected png or jpg, got '" + o.image_format + "'");
   }
-  if (o.shard_size < 1) throw Error("--shard-size: expected at least 1, got " + std::to_string(o.shard_size));
+  if (o.shard_size < 1) throw UsageError("--shard-size: expected at least 1, got " + std::to_string(o.shard_size));
   if (o.format == "wds" && (o.n + o.shard_size - 1) / o.shard_size > kMaxShards) {
-    throw Error("--shard-size: " + std::to_string(o.n) + " examples in shards of " + std::to_string(o.shard_size) +
+    throw UsageError("--shard-size: " + std::to_string(o.n) + " examples in shards of " + std::to_string(o.shard_size) +
                 " need more than " + std::to_string(kMaxShards) + " shards (names have five digits)");
   }
   if (!(o.tie_share >= 0 && o.tie_share <= 1)) {
-    throw Error("--tie-share: expected a fraction in [0, 1], got " + std::to_string(o.tie_share));
+    throw UsageError("--tie-share: expected a fraction in [0, 1], got " + std::to_string(o.tie_share));
   }
-  if (o.tie_share > 0 && o.kind != "dpo") throw Error("--tie-share: only --kind dpo has ties");
+  if (o.tie_share > 0 && o.kind != "dpo") throw UsageError("--tie-share: only --kind dpo has ties");
   auto check_names = [](const char* flag, const std::vector<std::string>& names, const std::vector<std::string>& all) {
     for (const auto& n : names) {
       if (std::find(all.begin(), all.end(), n) != all.end()) continue;
       std::string known;
       for (const auto& a : all) known += (known.empty() ? "" : ", ") + a;
-      throw Error(std::string(flag) + ": unknown name '" + n + "' (expected " + known + ")");
+      throw UsageError(std::string(flag) + ": unknown name '" + n + "' (expected " + known + ")");
     }
   };
   check_names("--colors", o.colors, dataset_color_names());
   check_names("--backgrounds", o.backgrounds, dataset_color_names());
   check_names("--shapes", o.shapes, dataset_shape_names());
   if ((!o.colors.empty() || !o.backgrounds.empty() || !o.shapes.empty()) && o.kind != "t2i") {
-    throw Error("--colors, --backgrounds, --shapes: only --kind t2i draws restricted scenes");
+    throw UsageError("--colors, --backgrounds, --shapes: only --kind t2i draws restricted scenes");
   }
   if (o.colors.size() == 1 &&
       (o.backgrounds.empty() || std::find(o.backgrounds.begin(), o.backgrounds.end(), o.colors[0]) != o.backgrounds.end())) {
-    throw Error("--backgrounds: a shape's colour differs from its background, and '" + o.colors[0] +
+    throw UsageError("--backgrounds: a shape's colour differs from its background, and '" + o.colors[0] +
                 "', the only --colors entry, is also a background colour");
   }
 }

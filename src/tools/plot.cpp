@@ -33,7 +33,7 @@ std::string_view trim(std::string_view s) {
 
 // nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error
 // ..." without the prefix and the line (always 1 here; the caller names the file's line).
-std::string parse_problem(const nlohmann::json::parse_error& e) {
+std::string parse_problem(const nlohmann::json::exception& e) {
   const std::string what = e.what();
   const auto column = what.find("column ");
   return column == std::string::npos ? what : what.substr(column);
@@ -49,7 +49,7 @@ class MetricsParser {
     nlohmann::json record;
     try {
       record = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number like 1e999
       if (!terminated) {
         return warn(number, "incomplete last line (the run is still writing or stopped mid-line), skipped");
       }

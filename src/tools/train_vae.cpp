@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "core/error.h"
+#include "core/usage_error.h"
 #include "data/loader.h"
 #include "io/atomic_file.h"
 #include "io/pipeline_folder.h"
@@ -28,17 +29,17 @@ void check_options(const TrainVaeOptions& o) {
     throw Error(o.pipeline.string(), "not a pipeline folder with a vae/ (make one with lisadiff init-pipeline)");
   }
   if (o.train_data_dir.empty() == o.train_shards.empty()) {
-    throw Error("--train_data_dir / --train_shards: give exactly one");
+    throw UsageError("--train_data_dir / --train_shards: give exactly one");
   }
   if (o.resolution < 0 || o.resolution % 8 != 0) {
-    throw Error("--resolution: expected a positive multiple of 8, got " + std::to_string(o.resolution));
+    throw UsageError("--resolution: expected a positive multiple of 8, got " + std::to_string(o.resolution));
   }
-  if (o.batch_size < 1) throw Error("--train_batch_size: expected at least 1");
-  if (o.max_train_steps < 1) throw Error("--max_train_steps: expected at least 1");
-  if (!(o.learning_rate > 0)) throw Error("--learning_rate: expected a positive number");
-  if (!(o.kl_weight >= 0)) throw Error("--kl_weight: expected a number >= 0");
-  if (o.log_every < 1) throw Error("--log_every: expected at least 1");
-  if (o.out.empty()) throw Error("--out: an output folder is required");
+  if (o.batch_size < 1) throw UsageError("--train_batch_size: expected at least 1");
+  if (o.max_train_steps < 1) throw UsageError("--max_train_steps: expected at least 1");
+  if (!(o.learning_rate > 0)) throw UsageError("--learning_rate: expected a positive number");
+  if (!(o.kl_weight >= 0)) throw UsageError("--kl_weight: expected a number >= 0");
+  if (o.log_every < 1) throw UsageError("--log_every: expected at least 1");
+  if (o.out.empty()) throw UsageError("--out: an output folder is required");
   if (fs::exists(o.out) && !o.overwrite) throw Error(o.out.string(), "exists already (pass --overwrite to replace it)");
   if (fs::exists(o.out) && fs::equivalent(o.out, o.pipeline)) {
     throw Error(o.out.string(), "is the input pipeline; write the trained one elsewhere");

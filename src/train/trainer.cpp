@@ -14,6 +14,7 @@
 #include "io/atomic_file.h"
 #include "models/state.h"
 #include "train/checkpoint.h"
+#include "train/training_state.h"
 
 namespace lisadiff::train {
 
@@ -37,9 +38,6 @@ void reseed_default_generators(uint64_t offset) {
 
 constexpr const char* kWeightsName = "diffusion_pytorch_model.safetensors";
 constexpr const char* kStateName = "training_state.json";
-// 2: the LISA set of a checkpoint is the one that trained up to its step (format 1 held the
-// next one), and the state records what a resume must match.
-constexpr int kStateFormat = 2;
 
 std::string dtype_name(const std::optional<torch::ScalarType>& d) {
   if (!d || *d == torch::kFloat32) return "fp32";
@@ -588,7 +586,7 @@ void Trainer::check_lisa_set(const char* when) const {
 
 nlohmann::json Trainer::training_state() const {
   nlohmann::json s;
-  s["format"] = kStateFormat;
+  s["format"] = kTrainingStateFormat;
   s["global_step"] = global_step();
   s["schedule_step"] = optimizer().schedule_step();
   s["micro_batches"] = micro_count_;
@@ -599,6 +597,7 @@ nlohmann::json Trainer::training_state() const {
   if (lisa_) s["lisa"] = lisa_->state();
   s["parts"] = parts_state();
   s["world_size"] = distributed() ? options_.group->size() : 1;
+  if (!options_.recipe.empty()) s["recipe"] = options_.recipe;
   return s;
 }
 
@@ -674,41 +673,51 @@ void Trainer::load_checkpoint(const fs::path& dir) {
   const fs::path state_file = dir / kStateName;
   if (!fs::exists(state_file)) throw Error(state_file.string(), "missing: not a lisadiff checkpoint");
   const auto state = config::read_json_file(state_file);
+  // The whole file is checked before anything is loaded: a refused resume changes nothing.
+  const SavedTrainingState saved = parse_training_state(state, state_file.string());
   try {
-    const int format = state.at("format").get<int>();
-    if (format != kStateFormat) {
-      throw Error(state_file.string(), fmt::format("state format {} is not {}: written by {} lisadiff", format, kStateFormat,
-                                                   format < kStateFormat ? "an older" : "a newer"));
+    if (!saved.recipe.empty() && !options_.recipe.empty() && saved.recipe != options_.recipe) {
+      throw Error(state_file.string(), "was written by a " + saved.recipe + " run; this run is " + options_.recipe +
+                                           ": resume a run with the recipe that wrote it");
     }
-    const auto method = state.at("method").get<std::string>();
-    if (method != method_name(options_.method)) {
-      throw Error(state_file.string(), "was written by a " + method + " run; this run is " + method_name(options_.method));
+    if (saved.method != method_name(options_.method)) {
+      throw Error(state_file.string(),
+                  "was written by a " + saved.method + " run; this run is " + method_name(options_.method));
     }
-    const auto precision = state.at("mixed_precision").get<std::string>();
-    if (precision != precision_name(options_.mixed_precision)) {
+    if (saved.model != model_.name) {
+      throw Error(state_file.string(), "holds the state of a " + saved.model + ", this run trains a " + model_.name);
+    }
+    if (saved.mixed_precision != precision_name(options_.mixed_precision)) {
       // The fp16 loss scale would otherwise be applied without unscaling, or be lost.
       throw Error(state_file.string(), fmt::format("was written with mixed_precision {}; this run has {}: resume with "
                                                    "the same mixed precision",
-                                                   precision, precision_name(options_.mixed_precision)));
+                                                   saved.mixed_precision, precision_name(options_.mixed_precision)));
     }
-    const int accumulation = state.at("gradient_accumulation_steps").get<int>();
-    if (accumulation != options_.gradient_accumulation_steps) {
+    if (saved.gradient_accumulation_steps != options_.gradient_accumulation_steps) {
       throw Error(state_file.string(), fmt::format("was written with gradient_accumulation_steps {}; this run has {}: "
                                                    "resume with the same value (the micro-batch count and the data "
                                                    "position depend on it)",
-                                                   accumulation, options_.gradient_accumulation_steps));
+                                                   saved.gradient_accumulation_steps, options_.gradient_accumulation_steps));
     }
-    const int64_t step = state.at("global_step").get<int64_t>();
-    const int64_t schedule_step = state.at("schedule_step").get<int64_t>();
-    if (step < 0 || schedule_step < 0 || schedule_step > step) {
-      throw Error(state_file.string(),
-                  fmt::format("global_step {} / schedule_step {} are not valid", step, schedule_step));
+    if (lisa_ && saved.lisa.is_null()) throw Error(state_file.string(), "has no LISA state");
+    // This rank's recipe state when the checkpoint was written by as many processes, else
+    // rank 0's (a different world size: see docs/distributed.md).
+    const int rank = distributed() ? options_.group->rank() : 0;
+    const int world = distributed() ? options_.group->size() : 1;
+    const int saved_world = saved.world_size;
+    const nlohmann::json& parts = rank > 0 && saved_world == world && !saved.rank_parts.is_null()
+                                      ? saved.rank_parts.at(static_cast<std::size_t>(rank))
+                                      : saved.parts;
+    for (const auto& p : parts_) {
+      if (p.load_json && !parts.contains(p.name)) throw Error(state_file.string(), "has no state for '" + p.name + "'");
     }
+    const int64_t step = saved.global_step;
+    const int64_t schedule_step = saved.schedule_step;
     // The LISA set (and with it each tensor's dtype) before the weights, so that the saved
     // float32 values land in tensors of the dtype they had when saved.
     if (lisa_) {
       try {
-        lisa_->load_state(nlohmann::json(state.at("lisa")));
+        lisa_->load_state(saved.lisa);
       } catch (const Error& e) {
         throw Error(state_file.string(), e.problem());
       }
@@ -718,14 +727,6 @@ void Trainer::load_checkpoint(const fs::path& dir) {
     optimizer().set_global_step(step);
     optimizer().set_schedule_step(schedule_step);
     if (ema_) ema_->load_pretrained(dir / (model_.name + "_ema"));
-    // This rank's recipe state when the checkpoint was written by as many processes, else
-    // rank 0's (a different world size: see docs/distributed.md).
-    const int rank = distributed() ? options_.group->rank() : 0;
-    const int world = distributed() ? options_.group->size() : 1;
-    const int saved_world = state.value("world_size", 1);
-    const nlohmann::json& parts = rank > 0 && saved_world == world && state.contains("rank_parts")
-                                      ? state.at("rank_parts").at(static_cast<std::size_t>(rank))
-                                      : state.at("parts");
     if (saved_world != world) {
       spdlog::warn("{}: written by {} process(es), resumed by {}: the weights, optimizer and LISA state continue; the "
                    "data continues after the examples all of them read where the data allows it (image folders), and "
@@ -733,13 +734,10 @@ void Trainer::load_checkpoint(const fs::path& dir) {
                    dir.string(), saved_world, world);
     }
     for (const auto& p : parts_) {
-      if (p.load_json) {
-        if (!parts.contains(p.name)) throw Error(state_file.string(), "has no state for '" + p.name + "'");
-        p.load_json(nlohmann::json(parts.at(p.name)));
-      }
+      if (p.load_json) p.load_json(nlohmann::json(parts.at(p.name)));
       if (p.load_files) p.load_files(dir);
     }
-    micro_count_ = state.at("micro_batches").get<int64_t>();
+    micro_count_ = saved.micro_batches;
     const auto dropped = metrics_.truncate_after(step);
     if (dropped > 0) spdlog::info("{}: dropped {} metrics lines after step {}", metrics_.file().string(), dropped, step);
   } catch (const nlohmann::json::exception& e) {

@@ -124,6 +124,9 @@ struct TrainerOptions {
   std::shared_ptr<ProcessGroup> group;
   int64_t bucket_bytes = 25ll << 20;  // gradient all-reduce buckets (DDP's 25 MB)
   std::string label;         // printed first in progress lines
+  // The recipe that trains ("text_to_image", ...): saved in training_state.json, and a resume
+  // by another recipe is refused (its checkpoint may fit the same UNet, not the same run).
+  std::string recipe;
 
   // Reads the keys above from a reader shared with the recipe's own keys (the recipe
   // reports unclaimed ones), then validates. Errors name the source and the key.

@@ -768,9 +768,9 @@ TEST(MakeDatasetCli, BadFlagsAndANonEmptyFolderFail) {
   const auto [rc3, output3] = run_command(base + " --kind t2i");
   EXPECT_EQ(rc3, 1) << output3;
   EXPECT_NE(output3.find("error: " + out.string() + ": exists and is not empty"), std::string::npos) << output3;
-  // Options only the library checks come back as exit code 1, with the flag named.
+  // Options only the library checks are usage errors too (exit code 2), with the flag named.
   const auto [rc4, output4] = run_command(base + " --kind t2i --tie-share 0.5 --overwrite");
-  EXPECT_EQ(rc4, 1) << output4;
+  EXPECT_EQ(rc4, 2) << output4;
   EXPECT_NE(output4.find("error: --tie-share: only --kind dpo has ties"), std::string::npos) << output4;
 }
 

@@ -174,5 +174,21 @@ TEST(Codecs, CorruptOrTruncatedFilesAreErrorsNamingTheFile) {
   EXPECT_THROW_WITH(decode_image("", "empty.png"), "empty.png", "empty");
 }
 
+// Found by fuzz/fuzz_image.cpp: image_size() read a PNG header of height 0 (or a side above
+// 2^31) without the decoder's checks, returning a size of no pixels or a negative one.
+TEST(Codecs, HeaderSizesGetTheDecodersLimits) {
+  auto png = bytes_of("png");
+  const auto set_be32 = [&](std::size_t at, std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) png[at + i] = static_cast<char>((v >> (24 - 8 * i)) & 0xff);
+  };
+  set_be32(20, 0);  // IHDR height
+  EXPECT_THROW_WITH(image_size(png, "zero.png"), "zero.png", "no pixels");
+  EXPECT_THROW_WITH(decode_image(png, "zero.png"), "zero.png");
+  set_be32(16, 0xffffffffu);  // width 2^32 - 1
+  set_be32(20, 0xffffffffu);
+  EXPECT_THROW_WITH(image_size(png, "huge.png"), "huge.png", "exceeds");
+  EXPECT_THROW_WITH(decode_image(png, "huge.png"), "huge.png", "exceeds");
+}
+
 }  // namespace
 }  // namespace lisadiff

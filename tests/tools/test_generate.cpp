@@ -67,8 +67,8 @@ TEST(Generate, BadInputIsOneLineAndWritesNothing) {
   EXPECT_EQ(rc, 1) << log;
   EXPECT_NE(log.find("holds no prompt"), std::string::npos) << log;
   std::tie(rc, log) = run(sd + " --prompt x --height 36");
-  EXPECT_EQ(rc, 1) << log;
-  EXPECT_NE(log.find("multiples of 8"), std::string::npos) << log;
+  EXPECT_EQ(rc, 2) << log;  // a flag's value: a usage error
+  EXPECT_NE(log.find("--height 36: expected a positive multiple of 8"), std::string::npos) << log;
   std::tie(rc, log) = run(sd + " --prompt x --scheduler karras");
   EXPECT_EQ(rc, 1) << log;
   EXPECT_NE(log.find("unknown scheduler 'karras'"), std::string::npos) << log;

@@ -121,6 +121,16 @@ TEST(PlotParse, MalformedLinesAreSkippedWithFileAndLineNumber) {
   EXPECT_NE(captured.text().find("run/metrics.jsonl: line 3"), std::string::npos) << captured.text();
 }
 
+// Found by fuzz/fuzz_metrics.cpp: a number beyond double's range made the JSON parser throw
+// out_of_range, which escaped `lisadiff plot` as a message naming no file.
+TEST(PlotParse, ANumberBeyondDoubleIsASkippedLine) {
+  CapturedLog captured;
+  const auto log = parse_metrics("{\"step\": 1, \"loss\": 0.5}\n{\"step\": 2, \"lr\": 1E111111}\n", "run/metrics.jsonl");
+  EXPECT_EQ(log.find("loss")->steps, (std::vector<double>{1}));
+  ASSERT_EQ(log.warnings.size(), 1u);
+  EXPECT_NE(log.warnings[0].find("run/metrics.jsonl: line 2: not valid JSON"), std::string::npos) << log.warnings[0];
+}
+
 TEST(PlotParse, NoNumericDataIsAnError) {
   EXPECT_THROW_WITH(parse_metrics("", "run/metrics.jsonl"), "run/metrics.jsonl", "empty");
   EXPECT_THROW_WITH(parse_metrics("\n\n", "run/metrics.jsonl"), "run/metrics.jsonl", "no numeric metrics");

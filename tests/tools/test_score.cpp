@@ -213,7 +213,7 @@ TEST(TrainVae, LearnsToReconstructAndSetsTheScalingFactor) {
   const auto [rc, out] = run_command(cli_path() + " train-vae " + (dir / "base").string() + " --out " +
                                      (dir / "bad").string() + " --train_data_dir " + (dir / "data").string() +
                                      " --resolution 12");
-  EXPECT_EQ(rc, 1) << out;
+  EXPECT_EQ(rc, 2) << out;  // a flag's value: a usage error
   EXPECT_NE(out.find("--resolution"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir / "bad"));
 }

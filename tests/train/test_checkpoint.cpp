@@ -8,6 +8,7 @@
 #include "models/unet.h"
 #include "train/checkpoint.h"
 #include "train/lisa.h"
+#include "train/training_state.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -209,6 +210,47 @@ TEST(Checkpoints, OptimizerStateFromTheWrongModelIsAnError) {
   train::FusedOptimizer other({{"bias", b->bias}}, {});
   EXPECT_THROW_WITH(train::load_optimizer_state(other, tmp.path() / "o.safetensors"), "o.safetensors",
                     "weight/exp_avg", "parameter this optimizer does not have");
+}
+
+// training_state.json is checked whole before a resume loads anything (the fuzz target
+// fuzz/fuzz_training_state.cpp drives the same function): each field's presence, type and range.
+TEST(TrainingState, EveryFieldIsCheckedBeforeAnythingLoads) {
+  const nlohmann::json good = {{"format", train::kTrainingStateFormat}, {"global_step", 6}, {"schedule_step", 6},
+                               {"micro_batches", 12}, {"method", "lisa"}, {"model", "unet"},
+                               {"mixed_precision", "no"}, {"gradient_accumulation_steps", 2},
+                               {"world_size", 2}, {"recipe", "text_to_image"},
+                               {"lisa", nlohmann::json::object()}, {"parts", nlohmann::json::object()},
+                               {"rank_parts", {nlohmann::json::object(), nlohmann::json::object()}}};
+  const auto s = train::parse_training_state(good, "ck/training_state.json");
+  EXPECT_EQ(s.global_step, 6);
+  EXPECT_EQ(s.recipe, "text_to_image");
+  EXPECT_EQ(s.world_size, 2);
+  const auto with = [&](const char* key, const nlohmann::json& value) {
+    auto j = good;
+    if (value.is_discarded()) {
+      j.erase(key);
+    } else {
+      j[key] = value;
+    }
+    return j;
+  };
+  const auto gone = nlohmann::json(nlohmann::json::value_t::discarded);
+  EXPECT_THROW_WITH(train::parse_training_state(nlohmann::json::array(), "ck/t.json"), "ck/t.json", "not a JSON object");
+  EXPECT_THROW_WITH(train::parse_training_state(with("global_step", gone), "ck/t.json"), "field 'global_step'", "missing");
+  EXPECT_THROW_WITH(train::parse_training_state(with("global_step", "6"), "ck/t.json"), "field 'global_step'",
+                    "not an integer");
+  EXPECT_THROW_WITH(train::parse_training_state(with("global_step", -1), "ck/t.json"), "field 'global_step'", "outside");
+  EXPECT_THROW_WITH(train::parse_training_state(with("global_step", 18446744073709551615ull), "ck/t.json"),
+                    "field 'global_step'", "outside");
+  EXPECT_THROW_WITH(train::parse_training_state(with("schedule_step", 7), "ck/t.json"), "field 'schedule_step'");
+  EXPECT_THROW_WITH(train::parse_training_state(with("format", 1), "ck/t.json"), "older lisadiff");
+  EXPECT_THROW_WITH(train::parse_training_state(with("gradient_accumulation_steps", 0), "ck/t.json"),
+                    "field 'gradient_accumulation_steps'");
+  EXPECT_THROW_WITH(train::parse_training_state(with("lisa", 3), "ck/t.json"), "field 'lisa'", "not an object");
+  EXPECT_THROW_WITH(train::parse_training_state(with("parts", gone), "ck/t.json"), "field 'parts'", "missing");
+  EXPECT_THROW_WITH(train::parse_training_state(with("rank_parts", {nlohmann::json::object()}), "ck/t.json"),
+                    "field 'rank_parts'", "2 objects");
+  EXPECT_THROW_WITH(train::parse_training_state(with("recipe", 5), "ck/t.json"), "field 'recipe'", "not a string");
 }
 
 }  // namespace
