@@ -1,4 +1,4 @@
-// What every fuzz target shares (fuzz/README.md; docs/hardening.md):
+// What every fuzz target shares (docs/hardening.md):
 // - the contract under test: a reader given any bytes either succeeds or throws
 //   lisadiff::Error, whose message names the file and the problem. Any other exception
 //   escaping it (a std::out_of_range, a JSON library error, a c10::Error) would reach the user
@@ -31,7 +31,7 @@ void expect_clean(const char* what, const std::function<void()>& body);
 std::vector<std::string_view> split_parts(std::string_view data, std::size_t max_parts);
 
 // One time setup shared by the targets: quiet logging (warnings about unknown config keys
-// would flood the fuzzer's output), one torch thread.
+// would flood the fuzzer's output), one torch thread, images limited to 4 Mpixel.
 void init_quietly();
 
 }  // namespace lisadiff::fuzz

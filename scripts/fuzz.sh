@@ -6,8 +6,9 @@
 #   scripts/fuzz.sh --build-only
 # Each target starts from its committed seeds (fuzz/corpus/<target>) and keeps what it finds
 # in a working corpus outside the clone ($LISADIFF_CACHE_DIR/fuzz-corpus/<target>). A finding
-# (a crash, a sanitizer report, an exception other than lisadiff::Error, a timeout, memory
-# over 2 GB) is saved as build-fuzz/findings/<target>-crash-*; the script then exits 1.
+# (a crash, a sanitizer report, an exception other than lisadiff::Error, a leak, a timeout of
+# 30 s, memory over 2 GB) is saved as build-fuzz/findings/<target>-{crash,leak,timeout,oom}-*;
+# the script then exits 1. Inputs slower than 10 s are kept as <target>-slow-unit-* and named.
 # Prints one line per target: executions, coverage, corpus size, findings.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -99,7 +100,11 @@ for t in "${targets[@]}"; do
   rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | awk '{print $2}' | tail -1)
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
   corpus=$(find "$CACHE/fuzz-corpus/$t" -type f | wc -l)
-  found=$(find "$findings" -name "$t-*" -type f | wc -l)
+  # crash-, leak-, timeout-, oom- files are findings; slow-unit- files (over 10 s, under the
+  # 30 s timeout) are reported only.
+  found=$(find "$findings" -type f \( -name "$t-crash-*" -o -name "$t-leak-*" -o -name "$t-timeout-*" -o -name "$t-oom-*" \) | wc -l)
+  slow=$(find "$findings" -type f -name "$t-slow-unit-*" | wc -l)
+  [ "$slow" -eq 0 ] || say "$t: $slow input(s) slower than 10 s kept in $findings"
   cpu=$(awk '/cpu_seconds/ {printf "%d", $2 + $4}' "$runs/$t.cpu" 2>/dev/null || true)
   printf '%-16s %12s %10s %8s %8s %8s %s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$corpus" "${cpu:-?}" "$found"
   if [ "$found" -gt 0 ] || ! grep -q 'stat::number_of_executed_units' "$log"; then

@@ -1,5 +1,8 @@
 #include "data/image.h"
 
+#include <atomic>
+#include <cstdlib>
+
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
@@ -34,15 +37,40 @@ bool starts_with(std::string_view bytes, std::string_view magic, std::size_t at 
   return bytes.size() >= at + magic.size() && bytes.substr(at, magic.size()) == magic;
 }
 
-// PIL's decompression-bomb limit (2 * Image.MAX_IMAGE_PIXELS): larger images are refused
-// before any pixel memory is allocated.
-constexpr std::int64_t kMaxPixels = 178'956'970;
+std::atomic<std::int64_t> g_max_pixels{kDefaultMaxImagePixels};
 
 void check_dimensions(std::int64_t width, std::int64_t height, const std::string& what) {
   if (width <= 0 || height <= 0) throw Error(what + ": image has no pixels (" + std::to_string(width) + "x" + std::to_string(height) + ")");
-  if (width > kMaxPixels || height > kMaxPixels || width * height > kMaxPixels) {  // no overflow: each side checked first
+  const std::int64_t max = g_max_pixels.load();
+  if (width > max || height > max || width * height > max) {  // no overflow: each side checked first
     throw Error(what + ": " + std::to_string(width) + "x" + std::to_string(height) + " image exceeds " +
-                std::to_string(kMaxPixels) + " pixels (a decompression bomb, as PIL calls it)");
+                std::to_string(max) + " pixels (a decompression bomb, as PIL calls it)");
+  }
+}
+
+// An uncompressed BMP (BI_RGB, BI_BITFIELDS) whose pixel rows cannot all be in the file: stb
+// would read zeros past its end and return an image of them.
+void check_bmp_fits(std::string_view bytes, const std::string& what) {
+  if (bytes.size() < 34) return;  // stb reports a header this short
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const auto le32 = [&](std::size_t at) {
+    return static_cast<std::uint32_t>(b[at]) | (static_cast<std::uint32_t>(b[at + 1]) << 8) |
+           (static_cast<std::uint32_t>(b[at + 2]) << 16) | (static_cast<std::uint32_t>(b[at + 3]) << 24);
+  };
+  const std::uint32_t header = le32(14);
+  if (header < 40) return;  // OS/2 BITMAPCOREHEADER: 16-bit sizes, stb checks those
+  const std::int64_t offset = le32(10);
+  const std::int64_t width = static_cast<std::int32_t>(le32(18));
+  const std::int64_t height = std::abs(static_cast<std::int64_t>(static_cast<std::int32_t>(le32(22))));
+  const std::int64_t bpp = b[28] | (b[29] << 8);
+  const std::uint32_t compression = le32(30);
+  if ((compression != 0 && compression != 3) || width <= 0 || bpp <= 0) return;
+  check_dimensions(width, height, what);
+  const std::int64_t row = (width * bpp + 31) / 32 * 4;
+  if (offset + row * height > static_cast<std::int64_t>(bytes.size())) {
+    throw Error(what + ": corrupt or truncated BMP (" + std::to_string(width) + "x" + std::to_string(height) +
+                " pixels need " + std::to_string(offset + row * height) + " bytes, the file has " +
+                std::to_string(bytes.size()) + ")");
   }
 }
 
@@ -187,6 +215,7 @@ torch::Tensor decode_stb(std::string_view bytes, ImageFormat format, const std::
     }
   }
   if (const auto size = header_size(bytes, format)) check_dimensions(size->first, size->second, what);
+  if (format == ImageFormat::kBmp) check_bmp_fits(bytes, what);
   int width = 0, height = 0, channels = 0;
   std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
       stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
@@ -253,6 +282,13 @@ torch::Tensor decode_image(std::string_view bytes, const std::string& what) {
   throw Error(what + ": not an image lisadiff can decode (JPEG, PNG, WebP, BMP or GIF expected; " +
               std::to_string(bytes.size()) + " bytes)");
 }
+
+void set_max_image_pixels(std::int64_t pixels) {
+  if (pixels < 1) throw Error("max image pixels must be at least 1");
+  g_max_pixels.store(pixels);
+}
+
+std::int64_t max_image_pixels() { return g_max_pixels.load(); }
 
 std::pair<int, int> image_size(std::string_view bytes, const std::string& what) {
   const auto size = header_size(bytes, sniff_image_format(bytes));

@@ -29,6 +29,13 @@ torch::Tensor decode_image(std::string_view bytes, const std::string& what);
 // Only the size, {width, height}, read from the header (no pixels are decoded).
 std::pair<int, int> image_size(std::string_view bytes, const std::string& what);
 
+// Images with more pixels than this are refused before any pixel memory is allocated.
+// Default: PIL's decompression-bomb limit, 178,956,970 (2 * Image.MAX_IMAGE_PIXELS). The fuzz
+// targets lower it, so that a tiny file claiming a huge image costs them no time.
+constexpr std::int64_t kDefaultMaxImagePixels = 178'956'970;
+void set_max_image_pixels(std::int64_t pixels);
+std::int64_t max_image_pixels();
+
 // Encoders for make-dataset and figures; `rgb` is row-major [H, W, 3] uint8 (a contiguous
 // CPU tensor or a raw buffer). Both are deterministic: the same pixels give the same bytes.
 std::string encode_png(const std::uint8_t* rgb, int width, int height);

@@ -190,5 +190,27 @@ TEST(Codecs, HeaderSizesGetTheDecodersLimits) {
   EXPECT_THROW_WITH(decode_image(png, "huge.png"), "huge.png", "exceeds");
 }
 
+// Found by fuzz/fuzz_image.cpp: a 201-byte BMP whose header claimed 1638406 x 59 pixels (and a
+// file size that fit) decoded, slowly, to an image of zeros: stb reads past the end as zeros.
+TEST(Codecs, ABmpWhosePixelRowsCannotBeInTheFileIsAnError) {
+  auto bmp = bytes_of("bmp");
+  ASSERT_NO_THROW((void)decode_image(bmp, "ok.bmp"));
+  const auto height = static_cast<std::int32_t>(static_cast<unsigned char>(bmp[22]) |
+                                                (static_cast<unsigned char>(bmp[23]) << 8));
+  const std::int32_t tall = height * 10;
+  for (int i = 0; i < 4; ++i) bmp[22 + i] = static_cast<char>((tall >> (8 * i)) & 0xff);
+  EXPECT_THROW_WITH(decode_image(bmp, "tall.bmp"), "tall.bmp", "corrupt or truncated BMP", "bytes, the file has");
+}
+
+TEST(Codecs, ThePixelLimitCanBeLowered) {
+  ASSERT_EQ(max_image_pixels(), kDefaultMaxImagePixels);
+  set_max_image_pixels(100);
+  EXPECT_THROW_WITH(decode_image(bytes_of("png"), "big.png"), "big.png", "exceeds 100 pixels");
+  EXPECT_THROW_WITH(image_size(bytes_of("jpeg420"), "big.jpg"), "big.jpg", "exceeds 100 pixels");
+  set_max_image_pixels(kDefaultMaxImagePixels);
+  EXPECT_NO_THROW((void)decode_image(bytes_of("png"), "ok.png"));
+  EXPECT_THROW_WITH(set_max_image_pixels(0), "at least 1");
+}
+
 }  // namespace
 }  // namespace lisadiff
