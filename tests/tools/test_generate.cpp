@@ -8,6 +8,7 @@
 
 #include "io/png.h"
 #include "test_util.h"
+#include "train/metrics.h"
 
 namespace lisadiff {
 namespace {
@@ -47,6 +48,19 @@ TEST(Generate, WritesPngsWithTheirParametersAndImagesJsonl) {
   ASSERT_EQ(rc2, 0) << log2;
   EXPECT_EQ(testing::read_file(tmp / "one/0000.png").size() > 0, true);
   EXPECT_EQ(io::read_png_text(testing::read_file(tmp / "one/0000.png"), "one").size(), text.size());
+}
+
+// Found by fuzz/fuzz_image.cpp: a 184-byte PNG whose text chunk claims 1.7 GB made libpng
+// allocate that much before finding the file too short. Now the chunk is refused as too large
+// for the file, and the memory the process ever mapped hardly moves.
+TEST(PngText, AChunkLongerThanTheFileIsRefusedWithoutItsMemory) {
+  auto png = testing::read_file(fixtures_dir() / "inference/source.png");
+  // A tEXt chunk of claimed length 0x65000000 right after IHDR (8 + 25 bytes in).
+  std::string chunk("\x65\x00\x00\x00tEXtprompt\0a red circle", 4 + 4 + 7 + 12);
+  png.insert(33, chunk);
+  const auto before = train::proc_status_bytes("VmPeak");
+  EXPECT_THROW_WITH(io::read_png_text(png, "bomb.png"), "bomb.png", "corrupt PNG");
+  EXPECT_LT(train::proc_status_bytes("VmPeak") - before, std::int64_t{256} << 20);
 }
 
 TEST(Generate, BadInputIsOneLineAndWritesNothing) {
