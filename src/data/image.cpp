@@ -268,13 +268,38 @@ const char* format_name(ImageFormat format) {
   return "unknown format";
 }
 
+// A PNG without its zero-length IDAT chunks (legal, and empty), or "" when it has none: stb
+// copies such a chunk into a buffer it has not allocated yet (memcpy to null, undefined
+// behaviour that UBSan reports; found by fuzz_image). They hold no data, so they go.
+std::string without_empty_idat(std::string_view png) {
+  std::string out;
+  std::size_t copied = 0;
+  for (std::size_t at = 8; at + 12 <= png.size();) {
+    const auto* b = reinterpret_cast<const unsigned char*>(png.data()) + at;
+    const std::uint64_t length = (std::uint64_t{b[0]} << 24) | (b[1] << 16) | (b[2] << 8) | b[3];
+    if (length == 0 && png.substr(at + 4, 4) == "IDAT") {
+      out.append(png.substr(copied, at - copied));
+      copied = at + 12;
+    }
+    if (length > png.size()) break;  // stb reports the corrupt chunk
+    at += 12 + static_cast<std::size_t>(length);
+  }
+  if (copied == 0) return {};
+  out.append(png.substr(copied));
+  return out;
+}
+
 torch::Tensor decode_image(std::string_view bytes, const std::string& what) {
   if (bytes.empty()) throw Error(what + ": empty image file");
   const auto format = sniff_image_format(bytes);
   switch (format) {
     case ImageFormat::kJpeg: return decode_jpeg(bytes, what);
     case ImageFormat::kWebp: return decode_webp(bytes, what);
-    case ImageFormat::kPng:
+    case ImageFormat::kPng: {
+      const std::string cleaned = without_empty_idat(bytes);
+      if (!cleaned.empty()) return decode_stb(cleaned, format, what);
+      return decode_stb(bytes, format, what);
+    }
     case ImageFormat::kBmp:
     case ImageFormat::kGif: return decode_stb(bytes, format, what);
     case ImageFormat::kUnknown: break;

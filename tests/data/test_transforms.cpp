@@ -202,6 +202,16 @@ TEST(Codecs, ABmpWhosePixelRowsCannotBeInTheFileIsAnError) {
   EXPECT_THROW_WITH(decode_image(bmp, "tall.bmp"), "tall.bmp", "corrupt or truncated BMP", "bytes, the file has");
 }
 
+// Found by fuzz/fuzz_image.cpp (UBSan): a zero-length IDAT chunk made stb memcpy into a null
+// buffer. Such chunks are legal and empty: the image decodes as without them.
+TEST(Codecs, APngWithAnEmptyIdatChunkDecodesAsWithoutIt) {
+  const auto png = bytes_of("png");
+  std::string with_empty = png;
+  const std::string empty_idat("\0\0\0\0IDAT\x35\xaf\x06\x1e", 12);  // CRC-32 of "IDAT"
+  with_empty.insert(with_empty.find("IDAT") - 4, empty_idat);
+  EXPECT_TRUE(testing::same_tensor(decode_image(with_empty, "empty-idat.png"), decode_image(png, "plain.png")));
+}
+
 TEST(Codecs, ThePixelLimitCanBeLowered) {
   ASSERT_EQ(max_image_pixels(), kDefaultMaxImagePixels);
   set_max_image_pixels(100);
