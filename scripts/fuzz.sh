@@ -7,7 +7,7 @@
 # Each target starts from its committed seeds (fuzz/corpus/<target>) and keeps what it finds
 # in a working corpus outside the clone ($LISADIFF_CACHE_DIR/fuzz-corpus/<target>). A finding
 # (a crash, a sanitizer report, an exception other than lisadiff::Error, a leak, a timeout of
-# 30 s, memory over 2 GB) is saved as build-fuzz/findings/<target>-{crash,leak,timeout,oom}-*;
+# 30 s, memory over 2 GB) is saved as build-fuzz/runs/<time>/findings/<target>-{crash,leak,timeout,oom}-*;
 # the script then exits 1. Inputs slower than 10 s are kept as <target>-slow-unit-* and named.
 # Prints one line per target: executions, coverage, corpus size, findings.
 set -euo pipefail
@@ -67,7 +67,7 @@ say "build: $((SECONDS - start)) s"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_odr_violation=0:abort_on_error=1:allocator_may_return_null=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 runs="$FUZZ_BUILD/runs/$(date +%Y%m%d-%H%M%S)"
-findings="$FUZZ_BUILD/findings"
+findings="$runs/findings"  # this run's findings only
 mkdir -p "$runs" "$findings"
 
 run_one() {
