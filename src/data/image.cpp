@@ -16,6 +16,7 @@
 #include <webp/decode.h>
 
 #include "core/error.h"
+#include "io/png.h"
 
 // stb's implementations live here, with static linkage so that nothing else can clash.
 #define STB_IMAGE_STATIC
@@ -274,15 +275,11 @@ const char* format_name(ImageFormat format) {
 std::string without_empty_idat(std::string_view png) {
   std::string out;
   std::size_t copied = 0;
-  for (std::size_t at = 8; at + 12 <= png.size();) {
-    const auto* b = reinterpret_cast<const unsigned char*>(png.data()) + at;
-    const std::uint64_t length = (std::uint64_t{b[0]} << 24) | (b[1] << 16) | (b[2] << 8) | b[3];
-    if (length == 0 && png.substr(at + 4, 4) == "IDAT") {
-      out.append(png.substr(copied, at - copied));
-      copied = at + 12;
+  for (const auto& chunk : io::png_chunks(png).chunks) {  // a chunk past the end: stb reports it
+    if (chunk.length == 0 && chunk.type == "IDAT") {
+      out.append(png.substr(copied, chunk.at - copied));
+      copied = chunk.at + 12;
     }
-    if (length > png.size()) break;  // stb reports the corrupt chunk
-    at += 12 + static_cast<std::size_t>(length);
   }
   if (copied == 0) return {};
   out.append(png.substr(copied));

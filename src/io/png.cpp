@@ -1,7 +1,5 @@
 #include "io/png.h"
 
-#include <algorithm>
-
 #include <png.h>
 
 #include <csetjmp>
@@ -105,6 +103,24 @@ void write_png_with_text(const std::filesystem::path& path, const torch::Tensor&
   write_file_atomic(path, encode_png_with_text(image, text));
 }
 
+PngChunks png_chunks(std::string_view bytes) {
+  PngChunks out;
+  for (std::size_t at = 8; at + 8 <= bytes.size();) {
+    const auto* b = reinterpret_cast<const unsigned char*>(bytes.data()) + at;
+    const std::uint64_t length = (std::uint64_t{b[0]} << 24) | (b[1] << 16) | (b[2] << 8) | b[3];
+    std::string type(bytes.substr(at + 4, 4));
+    if (length + 12 > bytes.size() - at) {
+      out.problem = "chunk '" + type + "' claims " + std::to_string(length) + " bytes, the file has " +
+                    std::to_string(bytes.size() - at) + " left";
+      break;
+    }
+    out.chunks.push_back({std::move(type), at, static_cast<std::size_t>(length)});
+    at += 12 + static_cast<std::size_t>(length);
+    if (out.chunks.back().type == "IEND") break;
+  }
+  return out;
+}
+
 PngText read_png_text(std::string_view bytes, const std::string& what) {
   if (bytes.size() < 8 || png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) != 0) {
     throw Error(what, "not a PNG file");
@@ -112,17 +128,7 @@ PngText read_png_text(std::string_view bytes, const std::string& what) {
   // libpng allocates a text chunk as long as its length field says before reading it: a few
   // bytes claiming a 1.7 GB chunk got that much memory (found by fuzz_image). All the bytes are
   // here, so every chunk's length is checked against what is left of them first.
-  for (std::size_t at = 8; at + 8 <= bytes.size();) {
-    const auto* b = reinterpret_cast<const unsigned char*>(bytes.data()) + at;
-    const std::uint64_t length = (std::uint64_t{b[0]} << 24) | (b[1] << 16) | (b[2] << 8) | b[3];
-    const std::string type(bytes.substr(at + 4, 4));
-    if (length + 12 > bytes.size() - at) {
-      throw Error(what, "corrupt PNG: chunk '" + type + "' claims " + std::to_string(length) + " bytes, the file has " +
-                            std::to_string(bytes.size() - at) + " left");
-    }
-    at += 12 + length;
-    if (type == "IEND") break;
-  }
+  if (const auto layout = png_chunks(bytes); !layout.problem.empty()) throw Error(what, "corrupt PNG: " + layout.problem);
   ErrorState state;
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &state, on_error, on_warning);
   if (!png) throw Error(what, "out of memory");

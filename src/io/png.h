@@ -25,4 +25,18 @@ void write_png_with_text(const std::filesystem::path& path, const torch::Tensor&
 // errors (not a PNG, corrupt).
 PngText read_png_text(std::string_view bytes, const std::string& what);
 
+// The chunk layout of PNG bytes (after the 8-byte signature, up to IEND), read without any
+// decoder: decoders allocate a chunk as long as its length field says, so callers check the
+// lengths against the bytes first. `problem` is empty, or says which chunk runs past the end.
+struct PngChunk {
+  std::string type;         // "IHDR", "IDAT", ...
+  std::size_t at = 0;       // offset of the chunk's length field
+  std::size_t length = 0;   // of its data (the chunk takes 12 more bytes)
+};
+struct PngChunks {
+  std::vector<PngChunk> chunks;  // the whole chunks, in file order
+  std::string problem;           // "chunk 'X' claims N bytes, the file has M left", or ""
+};
+PngChunks png_chunks(std::string_view bytes);
+
 }  // namespace lisadiff::io

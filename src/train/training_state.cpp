@@ -27,6 +27,12 @@ std::int64_t integer(const Json& state, const char* key, const std::string& file
   return x;
 }
 
+const Json& object(const Json& state, const char* key, const std::string& file) {
+  const Json& v = field(state, key, file);
+  if (!v.is_object()) throw Error(file, field_key(key), "is " + std::string(v.type_name()) + ", not an object");
+  return v;
+}
+
 std::string text(const Json& state, const char* key, const std::string& file) {
   const Json& v = field(state, key, file);
   if (!v.is_string()) throw Error(file, field_key(key), "is " + std::string(v.type_name()) + ", not a string");
@@ -53,12 +59,8 @@ SavedTrainingState parse_training_state(const Json& state, const std::string& fi
   if (state.contains("recipe")) s.recipe = text(state, "recipe", file);
   s.gradient_accumulation_steps = static_cast<int>(integer(state, "gradient_accumulation_steps", file, 1, INT32_MAX));
   s.world_size = state.contains("world_size") ? static_cast<int>(integer(state, "world_size", file, 1, 1 << 20)) : 1;
-  if (state.contains("lisa")) {
-    s.lisa = state.at("lisa");
-    if (!s.lisa.is_object()) throw Error(file, field_key("lisa"), "is " + std::string(s.lisa.type_name()) + ", not an object");
-  }
-  s.parts = field(state, "parts", file);
-  if (!s.parts.is_object()) throw Error(file, field_key("parts"), "is " + std::string(s.parts.type_name()) + ", not an object");
+  if (state.contains("lisa")) s.lisa = object(state, "lisa", file);
+  s.parts = object(state, "parts", file);
   if (state.contains("rank_parts")) {
     s.rank_parts = state.at("rank_parts");
     if (!s.rank_parts.is_array() || s.rank_parts.size() != static_cast<std::size_t>(s.world_size)) {

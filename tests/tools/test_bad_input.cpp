@@ -87,6 +87,19 @@ void truncate_half(const fs::path& file) {
   testing::write_file(file, bytes.substr(0, bytes.size() / 2));
 }
 
+// Rewrites a safetensors file (its metadata kept) with `edit(name, tensor)` of each tensor.
+void rewrite_tensors(const fs::path& file,
+                     const std::function<torch::Tensor(const std::string&, const torch::Tensor&)>& edit) {
+  io::NamedTensors tensors;
+  std::map<std::string, std::string> metadata;
+  {
+    io::SafetensorsReader r(file);
+    metadata = r.metadata();
+    for (const auto& e : r.entries()) tensors.emplace_back(e.name, edit(e.name, r.tensor(e.name).clone()));
+  }
+  io::write_safetensors(file, tensors, metadata);
+}
+
 // A case: `make(dir)` prepares what it needs under `dir` and returns the command.
 struct Case {
   std::string name;
@@ -182,17 +195,12 @@ std::vector<Case> cases() {
   c.push_back({"generate_unet_weights_wrong_shape", "a UNet tensor of the wrong shape", 1,
                {"diffusion_pytorch_model.safetensors", "conv_in.weight"}, [=](auto& d) {
                  copy_tree(micro_sd(), d / "p");
-                 const auto file = d / "p/unet/diffusion_pytorch_model.safetensors";
-                 io::NamedTensors tensors;
-                 {
-                   io::SafetensorsReader r(file);
-                   for (const auto& e : r.entries()) {
-                     auto t = r.tensor(e.name).clone();
-                     if (e.name == "conv_in.weight") t = torch::zeros({t.size(0), t.size(1) + 1, t.size(2), t.size(3)});
-                     tensors.emplace_back(e.name, t);
-                   }
-                 }
-                 io::write_safetensors(file, tensors, {{"format", "pt"}});
+                 rewrite_tensors(d / "p/unet/diffusion_pytorch_model.safetensors",
+                                 [](const std::string& name, const torch::Tensor& t) {
+                                   return name == "conv_in.weight"
+                                              ? torch::zeros({t.size(0), t.size(1) + 1, t.size(2), t.size(3)})
+                                              : t;
+                                 });
                  return L + " generate " + q(d / "p") + " --prompt x --steps 1 --out " + q(d / "gen");
                }});
   c.push_back({"generate_bad_unet_config_value", "unet/config.json with layers_per_block -1", 1,
@@ -391,23 +399,12 @@ std::vector<Case> cases() {
                resume(&Shared::lisa_run, [](const fs::path& ck) { fs::remove(ck / "optimizer.safetensors"); })});
   c.push_back({"resume_edited_optimizer_state", "optimizer.safetensors with a moment of the wrong shape", 1,
                {"optimizer.safetensors"}, resume(&Shared::lisa_run, [](const fs::path& ck) {
-                 const auto file = ck / "optimizer.safetensors";
-                 io::NamedTensors tensors;
-                 std::map<std::string, std::string> metadata;
-                 {
-                   io::SafetensorsReader r(file);
-                   metadata = r.metadata();
-                   bool changed = false;
-                   for (const auto& e : r.entries()) {
-                     auto t = r.tensor(e.name).clone();
-                     if (!changed && t.dim() >= 1 && t.numel() > 1) {
-                       t = t.flatten().narrow(0, 0, t.numel() - 1).clone();
-                       changed = true;
-                     }
-                     tensors.emplace_back(e.name, t);
-                   }
-                 }
-                 io::write_safetensors(file, tensors, metadata);
+                 bool changed = false;  // the first moment of more than one element loses one
+                 rewrite_tensors(ck / "optimizer.safetensors", [&](const std::string&, const torch::Tensor& t) {
+                   if (changed || t.numel() < 2) return t;
+                   changed = true;
+                   return t.flatten().narrow(0, 0, t.numel() - 1).clone();
+                 });
                })});
   return c;
 }
