@@ -22,9 +22,17 @@ namespace {
 struct Scratch {
   fs::path dir;
   Scratch() {
-    const char* tmp = std::getenv("TMPDIR");
-    const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::path(tmp ? tmp : "/tmp");
-    dir = base / ("lisadiff-fuzz-" + std::to_string(::getpid()));
+    // LISADIFF_FUZZ_SCRATCH names a fixed folder (scripts/fuzz.sh --ci): the paths, which
+    // error messages hold and the code compares, are then the same on every run.
+    if (const char* fixed = std::getenv("LISADIFF_FUZZ_SCRATCH"); fixed && *fixed) {
+      dir = fixed;
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    } else {
+      const char* tmp = std::getenv("TMPDIR");
+      const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::path(tmp ? tmp : "/tmp");
+      dir = base / ("lisadiff-fuzz-" + std::to_string(::getpid()));
+    }
     fs::create_directories(dir);
   }
   ~Scratch() {

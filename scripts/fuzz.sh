@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/, clang with ASan + UBSan, in build-fuzz) and runs them.
-#   scripts/fuzz.sh                         every target for 60 s, two at a time (what CI runs)
+#   scripts/fuzz.sh --ci                    what CI runs: the same fuzzing on every run (below)
+#   scripts/fuzz.sh                         every target for 60 s, two at a time
 #   scripts/fuzz.sh --time 1800 --jobs 2    the long runs of docs/hardening.md
 #   scripts/fuzz.sh --time 600 safetensors image
 #   scripts/fuzz.sh --build-only
-# Each target starts from its committed seeds (fuzz/corpus/<target>) and keeps what it finds
-# in a working corpus outside the clone ($LISADIFF_CACHE_DIR/fuzz-corpus/<target>). A finding
+# Each target starts from its committed seeds (fuzz/corpus/<target>) and the inputs of past
+# findings (fuzz/regressions/<target>), and keeps what it finds in a working corpus outside the
+# clone ($LISADIFF_CACHE_DIR/fuzz-corpus/<target>), which grows run after run. --ci instead
+# starts from the committed files only, with a fixed seed and a fixed number of executions per
+# target (about a minute each), so that CI's verdict depends on the commit alone. A finding
 # (a crash, a sanitizer report, an exception other than lisadiff::Error, a leak, a timeout of
 # 30 s, memory over 2 GB) is saved as build-fuzz/runs/<time>/findings/<target>-{crash,leak,timeout,oom}-*;
 # the script then exits 1. Inputs slower than 10 s are kept as <target>-slow-unit-* and named.
@@ -19,13 +23,15 @@ ALL_TARGETS=(safetensors config tokenizer wds_tar image metrics training_state)
 time_s=60
 jobs=2
 build_only=0
+ci=0
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --time) time_s=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --ci) ci=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *)
       if [[ " ${ALL_TARGETS[*]} " != *" $1 "* ]]; then
@@ -70,17 +76,47 @@ runs="$FUZZ_BUILD/runs/$(date +%Y%m%d-%H%M%S)"
 findings="$runs/findings"  # this run's findings only
 mkdir -p "$runs" "$findings"
 
+# --ci: executions per target, about a minute of one core each here (docs/hardening.md).
+declare -A ci_runs=([safetensors]=400000 [config]=250000 [tokenizer]=28000 [wds_tar]=500000
+                    [image]=300000 [metrics]=180000 [training_state]=400000)
+
 run_one() {
-  local t=$1 work="$CACHE/fuzz-corpus/$1"
+  local t=$1 work limits same=()
+  if [ "$ci" -eq 1 ]; then
+    # The same inputs on every run: a fresh corpus, a fixed seed and number of executions, no
+    # re-reading of the corpus on a timer (-reload), fixed addresses (setarch -R) and a fixed
+    # scratch folder instead of one named by the process id: libFuzzer learns from the values
+    # the code compares, and some are pointers and paths.
+    work="$runs/corpus/$t"
+    limits=(-seed=19 -runs="${ci_runs[$t]}" -reload=0 -max_total_time=900)
+    same=(env "LISADIFF_FUZZ_SCRATCH=$scratch_base/lisadiff-fuzz-ci-$t" "${fixed_addresses[@]}")
+  else
+    work="$CACHE/fuzz-corpus/$t"
+    limits=(-max_total_time="$time_s")
+  fi
   mkdir -p "$work"
-  # The first folder receives new inputs; the committed seeds are read only.
+  local dirs=("$work" "$ROOT/fuzz/corpus/$t")
+  [ ! -d "$ROOT/fuzz/regressions/$t" ] || dirs+=("$ROOT/fuzz/regressions/$t")
+  # The first folder receives new inputs; the committed ones are read only.
   # CPU seconds go to the log too: a run shares the cores with whatever else runs.
   /usr/bin/time -f "cpu_seconds: %U user, %S sys, %e wall" -a -o "$runs/$t.cpu" \
-    nice -n "${LISADIFF_FUZZ_NICE:-0}" "$FUZZ_BUILD/fuzz/fuzz_$t" -max_total_time="$time_s" -timeout=30 -rss_limit_mb=2048 -max_len=262144 \
-    -print_final_stats=1 -artifact_prefix="$findings/$t-" "$work" "$ROOT/fuzz/corpus/$t" >"$runs/$t.log" 2>&1
+    nice -n "${LISADIFF_FUZZ_NICE:-0}" "${same[@]}" "$FUZZ_BUILD/fuzz/fuzz_$t" "${limits[@]}" -timeout=30 -rss_limit_mb=2048 -max_len=262144 \
+    -print_final_stats=1 -artifact_prefix="$findings/$t-" "${dirs[@]}" >"$runs/$t.log" 2>&1
 }
 
-say "running ${targets[*]} for $time_s s each, $jobs at a time; logs in $runs"
+fixed_addresses=()
+scratch_base=/dev/shm
+[ -d "$scratch_base" ] || scratch_base="${TMPDIR:-/tmp}"
+if [ "$ci" -eq 1 ]; then
+  if setarch "$(uname -m)" -R true 2>/dev/null; then
+    fixed_addresses=(setarch "$(uname -m)" -R)
+  else
+    say "setarch -R is not permitted here: addresses vary, and so may the inputs tried"
+  fi
+  say "running ${targets[*]} from the committed corpus, seed 19, a fixed number of executions each, $jobs at a time; logs in $runs"
+else
+  say "running ${targets[*]} for $time_s s each, $jobs at a time; logs in $runs"
+fi
 declare -A pid_of
 status=0
 for t in "${targets[@]}"; do
@@ -96,10 +132,11 @@ done
 printf '%-16s %12s %10s %8s %8s %8s %s\n' target executions exec/s cov corpus cpu_s findings
 for t in "${targets[@]}"; do
   log="$runs/$t.log"
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1)
-  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | awk '{print $2}' | tail -1)
+  execs=$(grep -oE 'stat::number_of_executed_units: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
+  rate=$(grep -oE 'stat::average_exec_per_sec: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
-  corpus=$(find "$CACHE/fuzz-corpus/$t" -type f | wc -l)
+  if [ "$ci" -eq 1 ]; then corpus_dir="$runs/corpus/$t"; else corpus_dir="$CACHE/fuzz-corpus/$t"; fi
+  corpus=$(find "$corpus_dir" -type f | wc -l)
   # crash-, leak-, timeout-, oom- files are findings; slow-unit- files (over 10 s, under the
   # 30 s timeout) are reported only.
   found=$(find "$findings" -type f \( -name "$t-crash-*" -o -name "$t-leak-*" -o -name "$t-timeout-*" -o -name "$t-oom-*" \) | wc -l)

@@ -269,13 +269,15 @@ const char* format_name(ImageFormat format) {
   return "unknown format";
 }
 
+namespace {
+
 // A PNG without its zero-length IDAT chunks (legal, and empty), or "" when it has none: stb
 // copies such a chunk into a buffer it has not allocated yet (memcpy to null, undefined
 // behaviour that UBSan reports; found by fuzz_image). They hold no data, so they go.
-std::string without_empty_idat(std::string_view png) {
+std::string without_empty_idat(std::string_view png, const io::PngChunks& layout) {
   std::string out;
   std::size_t copied = 0;
-  for (const auto& chunk : io::png_chunks(png).chunks) {  // a chunk past the end: stb reports it
+  for (const auto& chunk : layout.chunks) {
     if (chunk.length == 0 && chunk.type == "IDAT") {
       out.append(png.substr(copied, chunk.at - copied));
       copied = chunk.at + 12;
@@ -286,17 +288,25 @@ std::string without_empty_idat(std::string_view png) {
   return out;
 }
 
+torch::Tensor decode_png(std::string_view bytes, const std::string& what) {
+  const auto layout = io::png_chunks(bytes);
+  // stb grows its buffer to an IDAT chunk's claimed length before reading it: 93 bytes claiming
+  // a gigabyte got the gigabyte (found by fuzz_image). Image data cut off cannot decode anyway.
+  // Other chunks past the end (a cut-off IEND) are stb's to judge, as PIL judges them.
+  if (layout.overrun_type == "IDAT") throw Error(what + ": corrupt or truncated PNG (" + layout.problem + ")");
+  const std::string cleaned = without_empty_idat(bytes, layout);
+  return decode_stb(cleaned.empty() ? bytes : std::string_view(cleaned), ImageFormat::kPng, what);
+}
+
+}  // namespace
+
 torch::Tensor decode_image(std::string_view bytes, const std::string& what) {
   if (bytes.empty()) throw Error(what + ": empty image file");
   const auto format = sniff_image_format(bytes);
   switch (format) {
     case ImageFormat::kJpeg: return decode_jpeg(bytes, what);
     case ImageFormat::kWebp: return decode_webp(bytes, what);
-    case ImageFormat::kPng: {
-      const std::string cleaned = without_empty_idat(bytes);
-      if (!cleaned.empty()) return decode_stb(cleaned, format, what);
-      return decode_stb(bytes, format, what);
-    }
+    case ImageFormat::kPng: return decode_png(bytes, what);
     case ImageFormat::kBmp:
     case ImageFormat::kGif: return decode_stb(bytes, format, what);
     case ImageFormat::kUnknown: break;

@@ -112,6 +112,7 @@ PngChunks png_chunks(std::string_view bytes) {
     if (length + 12 > bytes.size() - at) {
       out.problem = "chunk '" + type + "' claims " + std::to_string(length) + " bytes, the file has " +
                     std::to_string(bytes.size() - at) + " left";
+      out.overrun_type = std::move(type);
       break;
     }
     out.chunks.push_back({std::move(type), at, static_cast<std::size_t>(length)});

@@ -36,6 +36,7 @@ struct PngChunk {
 struct PngChunks {
   std::vector<PngChunk> chunks;  // the whole chunks, in file order
   std::string problem;           // "chunk 'X' claims N bytes, the file has M left", or ""
+  std::string overrun_type;      // that chunk's type ("X"), or ""
 };
 PngChunks png_chunks(std::string_view bytes);
 

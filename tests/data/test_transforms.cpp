@@ -6,6 +6,7 @@
 #include "data/image.h"
 #include "data/transforms.h"
 #include "io/safetensors.h"
+#include "train/metrics.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -210,6 +211,24 @@ TEST(Codecs, APngWithAnEmptyIdatChunkDecodesAsWithoutIt) {
   const std::string empty_idat("\0\0\0\0IDAT\x35\xaf\x06\x1e", 12);  // CRC-32 of "IDAT"
   with_empty.insert(with_empty.find("IDAT") - 4, empty_idat);
   EXPECT_TRUE(testing::same_tensor(decode_image(with_empty, "empty-idat.png"), decode_image(png, "plain.png")));
+}
+
+// Found by fuzz/fuzz_image.cpp (CI run, an out-of-memory finding): a 93-byte PNG whose second
+// IDAT chunk claimed about a gigabyte made stb grow its buffer to that before reading it. Image
+// data that runs past the end of the file is refused first, and the memory the process ever
+// mapped hardly moves.
+TEST(Codecs, APngWhoseImageDataRunsPastTheEndIsRefusedWithoutItsMemory) {
+  auto png = bytes_of("png");
+  // A second IDAT chunk claiming 0x3f000000 bytes (the first still holds the whole image).
+  const std::string claim("\x3f\x00\x00\x00IDATxxxxxxxxxxxx", 20);
+  png.insert(png.find("IEND") - 4, claim);
+  const auto before = train::proc_status_bytes("VmPeak");
+  EXPECT_THROW_WITH(decode_image(png, "bomb.png"), "bomb.png", "corrupt or truncated PNG", "chunk 'IDAT' claims");
+  EXPECT_LT(train::proc_status_bytes("VmPeak") - before, std::int64_t{256} << 20);
+  // An IEND chunk cut short is no such case: the image data is whole, and it decodes.
+  const auto whole = bytes_of("png");
+  const std::string cut = whole.substr(0, whole.size() - 2);
+  EXPECT_TRUE(testing::same_tensor(decode_image(cut, "cut-iend.png"), decode_image(whole, "whole.png")));
 }
 
 TEST(Codecs, ThePixelLimitCanBeLowered) {

@@ -12,6 +12,7 @@
 #include "data/loader.h"
 #include "io/safetensors.h"
 #include "recipes/diffusion_dpo.h"
+#include "recipes/recipe_parity.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -36,7 +37,10 @@ TEST_P(DiffusionDpoParity, TenStepsEqualThePythonReference) {
   // beta 100, not the default 2500: the loss multiplies differences of float32 MSEs by beta,
   // so at 2500 the two implementations' ~1e-7 relative differences become ~1e-3 in the loss
   // and in AdamW's updates; at 100 they stay near 1e-5 while the loss still moves.
-  const int steps = 10, accumulation = 2, batch = 2, resolution = 32, seed = 7, beta = 100, rank = 4;
+  testing::ParityLoop loop;
+  loop.lr = method == train::TrainMethod::kLora ? 5e-3 : 1e-3;
+  const int steps = loop.steps, accumulation = loop.accumulation, batch = 2, resolution = 32, seed = 7, beta = 100,
+            rank = 4;
   const std::vector<std::string> prompts = {"a red circle", "a blue square on a green background", "a cat", ""};
 
   // The stored draws: the pairs, the VAE sample noise, the shared noise, the timesteps.
@@ -71,53 +75,32 @@ TEST_P(DiffusionDpoParity, TenStepsEqualThePythonReference) {
   }
   fs::create_directories(tmp / "inputs");
   io::write_safetensors(tmp / "inputs/inputs.safetensors", inputs);
-  const double lr = method == train::TrainMethod::kLora ? 5e-3 : 1e-3;
-  nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", lr},
-                             {"lr_scheduler", "cosine"}, {"lr_warmup_steps", 2}, {"max_grad_norm", 0.05},
-                             {"adam_beta1", 0.9}, {"adam_beta2", 0.999}, {"adam_weight_decay", 1e-2},
-                             {"adam_epsilon", 1e-8}, {"loss_type", loss_name}, {"beta_dpo", beta},
-                             {"rank", rank}, {"seed", seed}, {"texts", texts}};
+  auto settings = testing::parity_settings(loop);
+  settings.update({{"loss_type", loss_name}, {"beta_dpo", beta}, {"rank", rank}, {"seed", seed}, {"texts", texts}});
 
   // lisadiff: the recipe's models and step with the executable's reference (adapters off, or
   // the pretrained UNet read from the mapped file), the Trainer's classic or LISA step.
-  models::LoadOptions frozen;
-  frozen.frozen = true;
-  auto tokenizer = models::CLIPTokenizer::from_folder(base / "tokenizer");
-  auto text_encoder = models::load_clip_text(base / "text_encoder", frozen);
-  auto vae = models::load_vae(base / "vae", frozen);
-  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(base / "scheduler");
+  auto parts = testing::load_frozen_parts(base);
   models::UNet2DConditionModel reference{nullptr};
   if (method != train::TrainMethod::kLora) {
-    auto o = frozen;
+    models::LoadOptions o;
+    o.frozen = true;
     o.map_file = true;
     reference = models::load_unet(base / "unet", o);
     reference->eval();
   }
   auto unet = models::load_unet(base / "unet");
   torch::manual_seed(seed);  // the LoRA adapters' init, as the script's set_seed before add_adapter
-  train::TrainerOptions o;
-  o.method = method;
-  o.lisa.n_active = 6;
-  o.lisa.interval = 3;
-  o.lisa.seed = 11;
+  auto o = testing::parity_trainer_options(method, loop, tmp / "run");
   o.lora.rank = rank;
   o.lora.init = "gaussian";
-  o.output_dir = tmp / "run";
-  o.max_train_steps = steps;
-  o.gradient_accumulation_steps = accumulation;
-  o.schedule.type = train::LrScheduleType::kCosine;
-  o.schedule.base_lr = lr;
-  o.schedule.warmup_steps = 2;
-  o.max_grad_norm = 0.05;
-  o.checkpointing_steps = 1000;
-  o.report_to = "none";
   train::Trainer trainer(train::trained_unet(unet), o);
   recipes::DiffusionDpoModels m;
-  m.tokenizer = &tokenizer;
-  m.text_encoder = text_encoder;
-  m.vae = vae;
+  m.tokenizer = &parts.tokenizer;
+  m.text_encoder = parts.text_encoder;
+  m.vae = parts.vae;
   m.unet = unet;
-  m.schedule = &schedule;
+  m.schedule = &parts.schedule;
   m.loss_type = recipes::dpo_loss_type(loss_name);
   m.beta = beta;
   if (reference) {
@@ -142,12 +125,7 @@ TEST_P(DiffusionDpoParity, TenStepsEqualThePythonReference) {
     return r;
   });
 
-  settings["method"] = train::method_name(method);
-  settings["sets"] = sets;
-  testing::write_file(tmp / "inputs/settings.json", settings.dump());
-  const auto [rc, log] = testing::run_reference("dpo_reference.py", base, tmp / "inputs", tmp / "ref.safetensors");
-  ASSERT_EQ(rc, 0) << log;
-  const io::SafetensorsReader ref(tmp / "ref.safetensors");
+  const auto ref = testing::run_parity_reference("dpo_reference.py", base, tmp / "inputs", settings, method, sets);
 
   // Per micro-batch values: the forward passes agree to float32 rounding (the UNet and VAE
   // equal diffusers to ~1e-6 relative); the loss scales logits by beta = 100. The implicit
@@ -173,10 +151,7 @@ TEST_P(DiffusionDpoParity, TenStepsEqualThePythonReference) {
   EXPECT_NEAR(logs["raw_model_loss"][0], logs["ref_loss"][0], 1e-6 * logs["ref_loss"][0]);
   // Trained tensors: AdamW divides by sqrt(v), so a gradient that differs in the 7th digit
   // moves a weight by up to lr times that relative difference per step.
-  const std::string prefix = method == train::TrainMethod::kLora ? "lora." : "unet.";
-  for (const auto& [name, value] : trainer.trainable()) {
-    EXPECT_TRUE(testing::close_tensor(prefix + name, value, ref.tensor(prefix + name), 1e-5, 1e-4));
-  }
+  testing::expect_trained_equal(trainer, ref, method == train::TrainMethod::kLora ? "lora." : "unet.", 1e-5, 1e-4);
   // The run learned: implicit accuracy moved off 0.5 and the tensors moved.
   const auto& acc = logs["implicit_acc"];
   EXPECT_TRUE(std::any_of(acc.begin() + 1, acc.end(), [](double a) { return a != 0.5; }));

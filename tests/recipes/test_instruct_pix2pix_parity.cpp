@@ -12,6 +12,7 @@
 #include "data/loader.h"
 #include "io/safetensors.h"
 #include "recipes/instruct_pix2pix.h"
+#include "recipes/recipe_parity.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -26,7 +27,8 @@ TEST_P(InstructPix2PixMethodParity, TenStepsEqualThePythonReference) {
   const auto method = GetParam();
   testing::TempDir tmp;
   const auto base = fixtures_dir() / "pipelines/micro-sd";
-  const int steps = 10, accumulation = 2, batch = 2, resolution = 32;
+  const testing::ParityLoop loop;
+  const int steps = loop.steps, accumulation = loop.accumulation, batch = 2, resolution = 32;
   const int seed = 7;
   const double p = 0.25;
   const std::vector<std::string> prompts = {"make it blue", "turn the circle into a square", "add a red border",
@@ -66,48 +68,27 @@ TEST_P(InstructPix2PixMethodParity, TenStepsEqualThePythonReference) {
   }
   fs::create_directories(tmp / "inputs");
   io::write_safetensors(tmp / "inputs/inputs.safetensors", inputs);
-  nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", 1e-3},
-                                   {"lr_scheduler", "cosine"}, {"lr_warmup_steps", 2}, {"max_grad_norm", 0.05},
-                                   {"adam_beta1", 0.9}, {"adam_beta2", 0.999}, {"adam_weight_decay", 1e-2},
-                                   {"adam_epsilon", 1e-8}, {"dropout_prob", p}, {"use_ema", true},
-                                   {"seed", seed}, {"texts", texts}};
+  auto settings = testing::parity_settings(loop);
+  settings.update({{"dropout_prob", p}, {"use_ema", true}, {"seed", seed}, {"texts", texts}});
 
   // lisadiff: the recipe's models and step, the Trainer's full classic step.
-  models::LoadOptions frozen;
-  frozen.frozen = true;
-  auto tokenizer = models::CLIPTokenizer::from_folder(base / "tokenizer");
-  auto text_encoder = models::load_clip_text(base / "text_encoder", frozen);
-  auto vae = models::load_vae(base / "vae", frozen);
-  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(base / "scheduler");
+  auto parts = testing::load_frozen_parts(base);
   auto unet = models::load_unet(base / "unet");
   torch::manual_seed(seed);
   ASSERT_TRUE(recipes::widen_conv_in(unet, 8, false));
-  train::TrainerOptions o;
-  o.method = method;
-  o.lisa.n_active = 6;
-  o.lisa.interval = 3;
-  o.lisa.seed = 11;
-  o.output_dir = tmp / "run";
-  o.max_train_steps = steps;
-  o.gradient_accumulation_steps = accumulation;
-  o.schedule.type = train::LrScheduleType::kCosine;
-  o.schedule.base_lr = 1e-3;
-  o.schedule.warmup_steps = 2;
-  o.max_grad_norm = 0.05;
+  auto o = testing::parity_trainer_options(method, loop, tmp / "run");
   o.use_ema = true;
-  o.checkpointing_steps = 1000;
-  o.report_to = "none";
   train::Trainer trainer(train::trained_unet(unet), o);
   recipes::InstructPix2PixModels m;
-  m.tokenizer = &tokenizer;
-  m.text_encoder = text_encoder;
-  m.vae = vae;
+  m.tokenizer = &parts.tokenizer;
+  m.text_encoder = parts.text_encoder;
+  m.vae = parts.vae;
   m.unet = unet;
-  m.schedule = &schedule;
+  m.schedule = &parts.schedule;
   m.dropout_prob = p;
   {
     torch::NoGradGuard no_grad;
-    m.null_embedding = text_encoder->forward(tokenizer.tokenize({""}).input_ids).last_hidden_state;
+    m.null_embedding = parts.text_encoder->forward(parts.tokenizer.tokenize({""}).input_ids).last_hidden_state;
   }
   auto unused = at::make_generator<at::CPUGeneratorImpl>(0);
   std::vector<double> losses;
@@ -120,27 +101,15 @@ TEST_P(InstructPix2PixMethodParity, TenStepsEqualThePythonReference) {
   });
 
   // The Python reference, told the method and (LISA) the sets that trained.
-  settings["method"] = method == train::TrainMethod::kLisa ? "lisa" : "full";
-  settings["sets"] = sets;
-  testing::write_file(tmp / "inputs/settings.json", settings.dump());
-  const auto [rc, log] = testing::run_reference("ip2p_reference.py", base, tmp / "inputs", tmp / "ref.safetensors");
-  ASSERT_EQ(rc, 0) << log;
-  const io::SafetensorsReader ref(tmp / "ref.safetensors");
-
+  const auto ref = testing::run_parity_reference("ip2p_reference.py", base, tmp / "inputs", settings, method, sets);
 
   // Losses: the forward passes agree to float32 rounding (the UNet and VAE equal diffusers to
   // ~1e-6 relative); later steps inherit the weights' differences.
-  const auto ref_losses = ref.tensor("losses");
-  ASSERT_EQ(static_cast<int64_t>(losses.size()), ref_losses.size(0));
-  for (std::size_t i = 0; i < losses.size(); ++i) {
-    EXPECT_NEAR(losses[i], ref_losses[i].item<double>(), 1e-5 * std::abs(losses[i]) + 1e-6) << "micro-batch " << i;
-  }
+  testing::expect_per_micro_batch("loss", losses, ref.tensor("losses"), 1e-5, 1e-6);
   // Weights and EMA shadows: AdamW divides by sqrt(v), so a gradient that differs in the
   // 7th digit moves a weight by up to lr times that relative difference per step; 10 steps
   // at lr <= 1e-3 stay far below 1e-5.
-  for (const auto& [name, value] : trainer.trainable()) {
-    EXPECT_TRUE(testing::close_tensor("unet." + name, value, ref.tensor("unet." + name), 1e-5, 1e-4));
-  }
+  testing::expect_trained_equal(trainer, ref, "unet.", 1e-5, 1e-4);
   for (const auto& [name, shadow] : trainer.ema()->shadows()) {
     EXPECT_TRUE(testing::close_tensor("ema." + name, shadow, ref.tensor("ema." + name), 1e-5, 1e-4));
   }

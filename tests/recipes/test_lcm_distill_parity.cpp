@@ -15,6 +15,7 @@
 #include "data/loader.h"
 #include "io/safetensors.h"
 #include "recipes/lcm_distill.h"
+#include "recipes/recipe_parity.h"
 #include "test_util.h"
 
 namespace lisadiff {
@@ -37,7 +38,11 @@ TEST_P(LcmDistillParity, TenStepsEqualThePythonReference) {
   const bool lora = method == train::TrainMethod::kLora;
   testing::TempDir tmp;
   const auto base = fixtures_dir() / "pipelines/micro-sd";
-  const int steps = 10, accumulation = 2, batch = 2, resolution = 32, seed = 7, cond_dim = 16, rank = 4;
+  testing::ParityLoop loop;
+  loop.lr = lora ? 5e-3 : 1e-3;
+  loop.max_grad_norm = 0.5;
+  const int steps = loop.steps, accumulation = loop.accumulation, batch = 2, resolution = 32, seed = 7,
+            cond_dim = 16, rank = 4;
   const double ema_decay = 0.9, huber_c = 0.01, w_min = 2, w_max = 6;
   const int num_ddim = 50;
   const std::vector<std::string> prompts = {"a red circle", "a blue square on a green background", "a cat", ""};
@@ -74,27 +79,20 @@ TEST_P(LcmDistillParity, TenStepsEqualThePythonReference) {
     batches.push_back(std::move(b));
     draws.push_back(d);
   }
-  const double lr = lora ? 5e-3 : 1e-3;
-  nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", lr},
-                             {"lr_scheduler", "cosine"}, {"lr_warmup_steps", 2}, {"max_grad_norm", 0.5},
-                             {"adam_beta1", 0.9}, {"adam_beta2", 0.999}, {"adam_weight_decay", 1e-2},
-                             {"adam_epsilon", 1e-8}, {"loss_type", loss_name}, {"huber_c", huber_c},
-                             {"w_min", w_min}, {"w_max", w_max}, {"num_ddim_timesteps", num_ddim},
-                             {"timestep_scaling_factor", 10.0}, {"ema_decay", ema_decay},
-                             {"unet_time_cond_proj_dim", cond_dim}, {"lora_rank", rank}, {"lora_alpha", rank},
-                             {"lora_target_modules", recipes::lcm_lora_target_modules()},
-                             {"teacher_autocast", "no"}, {"seed", seed}, {"texts", texts}};
+  auto settings = testing::parity_settings(loop);
+  settings.update({{"loss_type", loss_name}, {"huber_c", huber_c}, {"w_min", w_min}, {"w_max", w_max},
+                   {"num_ddim_timesteps", num_ddim}, {"timestep_scaling_factor", 10.0}, {"ema_decay", ema_decay},
+                   {"unet_time_cond_proj_dim", cond_dim}, {"lora_rank", rank}, {"lora_alpha", rank},
+                   {"lora_target_modules", recipes::lcm_lora_target_modules()}, {"teacher_autocast", "no"},
+                   {"seed", seed}, {"texts", texts}});
 
   // lisadiff: the executable's models (the student built after the seed, as the executable
   // does), the recipe's step, the Trainer's classic or LISA step, the target's EMA.
+  auto parts = testing::load_frozen_parts(base);
   models::LoadOptions frozen;
   frozen.frozen = true;
-  auto tokenizer = models::CLIPTokenizer::from_folder(base / "tokenizer");
-  auto text_encoder = models::load_clip_text(base / "text_encoder", frozen);
-  auto vae = models::load_vae(base / "vae", frozen);
   auto teacher = models::load_unet(base / "unet", frozen);
-  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(base / "scheduler");
-  const schedulers::LcmDdimSolver solver(schedule.alphas_cumprod(), num_ddim);
+  const schedulers::LcmDdimSolver solver(parts.schedule.alphas_cumprod(), num_ddim);
   models::UNet2DConditionModel unet{nullptr}, target{nullptr};
   if (lora) {
     unet = models::load_unet(base / "unet");
@@ -106,23 +104,10 @@ TEST_P(LcmDistillParity, TenStepsEqualThePythonReference) {
     EXPECT_TRUE(torch::equal(target->named_parameters()["time_embedding.cond_proj.weight"],
                              unet->named_parameters()["time_embedding.cond_proj.weight"]));
   }
-  train::TrainerOptions o;
-  o.method = method;
-  o.lisa.n_active = 6;
-  o.lisa.interval = 3;
-  o.lisa.seed = 11;
+  auto o = testing::parity_trainer_options(method, loop, tmp / "run");
   o.lora.rank = rank;
   o.lora.alpha = rank;
   o.lora.target_modules = recipes::lcm_lora_target_modules();
-  o.output_dir = tmp / "run";
-  o.max_train_steps = steps;
-  o.gradient_accumulation_steps = accumulation;
-  o.schedule.type = train::LrScheduleType::kCosine;
-  o.schedule.base_lr = lr;
-  o.schedule.warmup_steps = 2;
-  o.max_grad_norm = 0.5;
-  o.checkpointing_steps = 1000;
-  o.report_to = "none";
   train::Trainer trainer(train::trained_unet(unet), o);
   // The tensors initialised at random here, given to the reference (and compared with the
   // values its own seeded construction gives, below).
@@ -138,18 +123,18 @@ TEST_P(LcmDistillParity, TenStepsEqualThePythonReference) {
   io::write_safetensors(tmp / "inputs/inputs.safetensors", inputs);
 
   recipes::LcmDistillModels m;
-  m.tokenizer = &tokenizer;
-  m.text_encoder = text_encoder;
-  m.vae = vae;
+  m.tokenizer = &parts.tokenizer;
+  m.text_encoder = parts.text_encoder;
+  m.vae = parts.vae;
   m.teacher = teacher;
   m.unet = unet;
   m.target = target;
-  m.schedule = &schedule;
+  m.schedule = &parts.schedule;
   m.solver = &solver;
-  m.schedules = schedulers::alpha_sigma_schedules(schedule.alphas_cumprod());
+  m.schedules = schedulers::alpha_sigma_schedules(parts.schedule.alphas_cumprod());
   {
     torch::NoGradGuard no_grad;
-    m.uncond_embeds = text_encoder->forward(tokenizer.tokenize({"", ""}).input_ids).last_hidden_state;
+    m.uncond_embeds = parts.text_encoder->forward(parts.tokenizer.tokenize({"", ""}).input_ids).last_hidden_state;
   }
   m.w_min = w_min;
   m.w_max = w_max;
@@ -172,13 +157,7 @@ TEST_P(LcmDistillParity, TenStepsEqualThePythonReference) {
         if (target) train::ema_update_(target_pairs, student_pairs, ema_decay);
       });
 
-  settings["method"] = train::method_name(method);
-  settings["sets"] = sets;
-  testing::write_file(tmp / "inputs/settings.json", settings.dump());
-  const auto [rc, log] = testing::run_reference("lcm_reference.py", base, tmp / "inputs", tmp / "ref.safetensors");
-  ASSERT_EQ(rc, 0) << log;
-  if (std::getenv("KEEP_LCM_PARITY")) fs::copy(tmp / "inputs", std::getenv("KEEP_LCM_PARITY"), fs::copy_options::recursive);
-  const io::SafetensorsReader ref(tmp / "ref.safetensors");
+  const auto ref = testing::run_parity_reference("lcm_reference.py", base, tmp / "inputs", settings, method, sets);
 
   // The same seed, the same initialisation: the student built from the config after
   // manual_seed draws cond_proj as diffusers' constructor; the adapters as peft's.
@@ -188,23 +167,14 @@ TEST_P(LcmDistillParity, TenStepsEqualThePythonReference) {
   // Per micro-batch losses: the forward passes agree to float32 rounding (the UNet and VAE
   // equal diffusers to ~1e-6 relative), through the boundary scalings, the teacher's CFG
   // (w up to 6 amplifies the teacher's rounding) and the float64 DDIM step.
-  const auto expected = ref.tensor("losses");
-  ASSERT_EQ(static_cast<int64_t>(losses.size()), expected.size(0));
-  for (std::size_t i = 0; i < losses.size(); ++i) {
-    EXPECT_NEAR(losses[i], expected[static_cast<int64_t>(i)].item<double>(), 2e-5 * std::abs(losses[i]) + 1e-7)
-        << "micro-batch " << i;
-  }
+  testing::expect_per_micro_batch("loss", losses, ref.tensor("losses"), 2e-5, 1e-7);
   // Trained tensors: AdamW divides by sqrt(v), so a gradient that differs in the 7th digit
   // moves a weight by up to lr times that relative difference per step; the target is an
   // average of the student's values.
   // LoRA (lr 5e-3): the convolution adapters' A sit where Adam's normalisation amplifies
   // rounding most; the reference itself, run with 1 and with 2 threads, differs there by up
   // to 2.9e-5 (measured), so those get 1e-4.
-  const std::string prefix = lora ? "lora." : "unet.";
-  const double atol = lora ? 1e-4 : 1e-5;
-  for (const auto& [name, value] : trainer.trainable()) {
-    EXPECT_TRUE(testing::close_tensor(prefix + name, value, ref.tensor(prefix + name), atol, 1e-4));
-  }
+  testing::expect_trained_equal(trainer, ref, lora ? "lora." : "unet.", lora ? 1e-4 : 1e-5, 1e-4);
   for (const auto& [name, value] : target_pairs) {
     EXPECT_TRUE(testing::close_tensor("target." + name, value, ref.tensor("target." + name), 1e-5, 1e-4));
   }

@@ -10,6 +10,7 @@
 
 #include "data/loader.h"
 #include "io/safetensors.h"
+#include "recipes/recipe_parity.h"
 #include "recipes/text_to_image.h"
 #include "test_util.h"
 
@@ -25,7 +26,10 @@ TEST_P(TextToImageParity, TenStepsEqualThePythonReference) {
   const bool lora = method == train::TrainMethod::kLora;
   testing::TempDir tmp;
   const auto base = testing::fixtures_dir() / "pipelines/micro-sd";
-  const int steps = 10, accumulation = 2, batch = 2, resolution = 32, seed = 7, rank = 4;
+  const int batch = 2, resolution = 32, seed = 7, rank = 4;
+  testing::ParityLoop loop;
+  loop.lr = lora ? 5e-3 : 1e-3;
+  const int steps = loop.steps, accumulation = loop.accumulation;
   const double noise_offset = 0.05, perturbation = 0.1, snr_gamma = 5.0;
   const std::vector<std::string> prompts = {"a red circle", "a blue square on a green background", "a cat", ""};
 
@@ -62,40 +66,18 @@ TEST_P(TextToImageParity, TenStepsEqualThePythonReference) {
     batches.push_back(std::move(b));
     draws.push_back(d);
   }
-  const double lr = lora ? 5e-3 : 1e-3;
-  nlohmann::json settings = {{"steps", steps}, {"accumulation", accumulation}, {"learning_rate", lr},
-                             {"lr_scheduler", "cosine"}, {"lr_warmup_steps", 2}, {"max_grad_norm", 0.05},
-                             {"adam_beta1", 0.9}, {"adam_beta2", 0.999}, {"adam_weight_decay", 1e-2},
-                             {"adam_epsilon", 1e-8}, {"noise_offset", noise_offset},
-                             {"input_perturbation", perturbation}, {"snr_gamma", snr_gamma},
-                             {"use_ema", !lora}, {"lora_rank", rank}, {"texts", texts}};
+  auto settings = testing::parity_settings(loop);
+  settings.update({{"noise_offset", noise_offset}, {"input_perturbation", perturbation}, {"snr_gamma", snr_gamma},
+                   {"use_ema", !lora}, {"lora_rank", rank}, {"texts", texts}});
 
-  models::LoadOptions frozen;
-  frozen.frozen = true;
-  auto tokenizer = models::CLIPTokenizer::from_folder(base / "tokenizer");
-  auto text_encoder = models::load_clip_text(base / "text_encoder", frozen);
-  auto vae = models::load_vae(base / "vae", frozen);
-  const auto schedule = schedulers::DDPMNoiseSchedule::from_pretrained(base / "scheduler");
+  auto parts = testing::load_frozen_parts(base);
   auto unet = models::load_unet(base / "unet");
   torch::manual_seed(seed);
-  train::TrainerOptions o;
-  o.method = method;
-  o.lisa.n_active = 6;
-  o.lisa.interval = 3;
-  o.lisa.seed = 11;
+  auto o = testing::parity_trainer_options(method, loop, tmp / "run");
   o.lora.rank = rank;
   o.lora.alpha = rank;
   o.lora.init = "gaussian";
-  o.output_dir = tmp / "run";
-  o.max_train_steps = steps;
-  o.gradient_accumulation_steps = accumulation;
-  o.schedule.type = train::LrScheduleType::kCosine;
-  o.schedule.base_lr = lr;
-  o.schedule.warmup_steps = 2;
-  o.max_grad_norm = 0.05;
   o.use_ema = !lora;
-  o.checkpointing_steps = 1000;
-  o.report_to = "none";
   train::Trainer trainer(train::trained_unet(unet), o);
   if (lora) {
     for (const auto& [name, t] : trainer.trainable()) inputs.emplace_back("init." + name, t.detach().clone());
@@ -104,12 +86,12 @@ TEST_P(TextToImageParity, TenStepsEqualThePythonReference) {
   io::write_safetensors(tmp / "inputs/inputs.safetensors", inputs);
 
   recipes::TextToImageModels m;
-  m.tokenizer = &tokenizer;
-  m.text_encoder = text_encoder;
-  m.vae = vae;
+  m.tokenizer = &parts.tokenizer;
+  m.text_encoder = parts.text_encoder;
+  m.vae = parts.vae;
   m.unet = unet;
-  m.schedule = &schedule;
-  m.prediction_type = schedule.config().prediction_type;
+  m.schedule = &parts.schedule;
+  m.prediction_type = parts.schedule.config().prediction_type;
   m.noise_offset = noise_offset;
   m.input_perturbation = perturbation;
   m.snr_gamma = snr_gamma;
@@ -122,27 +104,15 @@ TEST_P(TextToImageParity, TenStepsEqualThePythonReference) {
     return r;
   });
 
-  settings["method"] = train::method_name(method);
-  settings["sets"] = sets;
-  testing::write_file(tmp / "inputs/settings.json", settings.dump());
-  const auto [rc, log] = testing::run_reference("t2i_reference.py", base, tmp / "inputs", tmp / "ref.safetensors");
-  ASSERT_EQ(rc, 0) << log;
-  const io::SafetensorsReader ref(tmp / "ref.safetensors");
+  const auto ref = testing::run_parity_reference("t2i_reference.py", base, tmp / "inputs", settings, method, sets);
 
   // Losses: the forward passes agree to float32 rounding; later steps inherit the weights'
   // differences.
-  const auto ref_losses = ref.tensor("losses");
-  ASSERT_EQ(static_cast<int64_t>(losses.size()), ref_losses.size(0));
-  for (std::size_t i = 0; i < losses.size(); ++i) {
-    EXPECT_NEAR(losses[i], ref_losses[i].item<double>(), 1e-5 * std::abs(losses[i]) + 1e-6) << "micro-batch " << i;
-  }
+  testing::expect_per_micro_batch("loss", losses, ref.tensor("losses"), 1e-5, 1e-6);
   // Trained tensors: AdamW divides by sqrt(v), so a gradient that differs in the 7th digit
   // moves a weight by up to lr times that relative difference per step (LoRA's lr is 5x).
   const std::string prefix = lora ? "lora." : "unet.";
-  const double atol = lora ? 5e-5 : 1e-5;
-  for (const auto& [name, value] : trainer.trainable()) {
-    EXPECT_TRUE(testing::close_tensor(prefix + name, value, ref.tensor(prefix + name), atol, 1e-4));
-  }
+  testing::expect_trained_equal(trainer, ref, prefix, lora ? 5e-5 : 1e-5, 1e-4);
   if (!lora) {
     for (const auto& [name, shadow] : trainer.ema()->shadows()) {
       EXPECT_TRUE(testing::close_tensor("ema." + name, shadow, ref.tensor("ema." + name), 1e-5, 1e-4));
