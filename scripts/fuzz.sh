@@ -80,18 +80,20 @@ mkdir -p "$runs" "$findings"
 declare -A ci_runs=([safetensors]=400000 [config]=250000 [tokenizer]=28000 [wds_tar]=500000
                     [image]=300000 [metrics]=180000 [training_state]=400000)
 
+# Where a target's new inputs go: a fresh folder per --ci run, else the growing working corpus.
+corpus_of() { if [ "$ci" -eq 1 ]; then echo "$runs/corpus/$1"; else echo "$CACHE/fuzz-corpus/$1"; fi; }
+
 run_one() {
   local t=$1 work limits same=()
+  work=$(corpus_of "$t")
   if [ "$ci" -eq 1 ]; then
     # The same inputs on every run: a fresh corpus, a fixed seed and number of executions, no
     # re-reading of the corpus on a timer (-reload), fixed addresses (setarch -R) and a fixed
     # scratch folder instead of one named by the process id: libFuzzer learns from the values
     # the code compares, and some are pointers and paths.
-    work="$runs/corpus/$t"
     limits=(-seed=19 -runs="${ci_runs[$t]}" -reload=0 -max_total_time=900)
     same=(env "LISADIFF_FUZZ_SCRATCH=$scratch_base/lisadiff-fuzz-ci-$t" "${fixed_addresses[@]}")
   else
-    work="$CACHE/fuzz-corpus/$t"
     limits=(-max_total_time="$time_s")
   fi
   mkdir -p "$work"
@@ -135,8 +137,7 @@ for t in "${targets[@]}"; do
   execs=$(grep -oE 'stat::number_of_executed_units: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
   rate=$(grep -oE 'stat::average_exec_per_sec: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
-  if [ "$ci" -eq 1 ]; then corpus_dir="$runs/corpus/$t"; else corpus_dir="$CACHE/fuzz-corpus/$t"; fi
-  corpus=$(find "$corpus_dir" -type f | wc -l)
+  corpus=$(find "$(corpus_of "$t")" -type f | wc -l)
   # crash-, leak-, timeout-, oom- files are findings; slow-unit- files (over 10 s, under the
   # 30 s timeout) are reported only.
   found=$(find "$findings" -type f \( -name "$t-crash-*" -o -name "$t-leak-*" -o -name "$t-timeout-*" -o -name "$t-oom-*" \) | wc -l)
