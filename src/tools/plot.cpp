@@ -23,6 +23,11 @@ namespace {
 
 // A corrupt file could produce one warning per line; the first ones say what is wrong.
 constexpr std::size_t kLoggedWarnings = 20;
+// What a plot can scale: steps far beyond any run's (so whole steps stay exact doubles and the
+// x axis's tick arithmetic exact), values short of double's limit (so spans and margins stay
+// finite). Larger ones are skipped with a warning, as a broken line is.
+constexpr double kMaxStep = 1e15;
+constexpr double kMaxValue = 1e300;
 
 std::string_view trim(std::string_view s) {
   const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
@@ -61,6 +66,9 @@ class MetricsParser {
     const auto step_it = record.find("step");
     if (step_it == record.end() || !step_it->is_number()) return warn(number, "no numeric 'step', skipped");
     const double step = step_it->get<double>();
+    if (!(std::fabs(step) <= kMaxStep)) {
+      return warn(number, fmt::format("'step' {} is not a step count (beyond 1e15), skipped", step));
+    }
     ++log_.records;
     for (const auto& [key, value] : record.items()) {
       if (key == "step") continue;
@@ -72,7 +80,13 @@ class MetricsParser {
         }
         continue;
       }
-      if (value.is_number()) add(key, step, value.get<double>());
+      if (!value.is_number()) continue;
+      const double v = value.get<double>();
+      if (std::fabs(v) > kMaxValue) {
+        warn(number, fmt::format("'{}' = {} is beyond what a plot can scale (1e300), left out", key, v));
+        continue;
+      }
+      add(key, step, v);
     }
   }
 
@@ -173,11 +187,16 @@ struct Axis {
   std::vector<AxisTick> ticks;
 };
 
-// The exponent of |v| in base 10, robust to log10 rounding (log10(1e-5) may be -4.9999...).
-int decade(double v) { return static_cast<int>(std::floor(std::log10(std::fabs(v)) + 1e-9)); }
+// The exponent of |v| in base 10, robust to log10 rounding (log10(1e-5) may be -4.9999...);
+// 0 for 0 (and for a non-finite v, which the axes never pass: they are finite and not empty).
+int decade(double v) {
+  if (v == 0 || !std::isfinite(v)) return 0;
+  return static_cast<int>(std::floor(std::log10(std::fabs(v)) + 1e-9));
+}
 
-// The smallest of 1, 2, 5 x 10^k that is >= rough.
+// The smallest of 1, 2, 5 x 10^k that is >= rough (0 for 0).
 double nice_step(double rough) {
+  if (!(rough > 0)) return 0;  // no span, or one that underflowed
   const double power = std::pow(10.0, decade(rough));
   const double f = rough / power;
   return (f <= 1 + 1e-9 ? 1 : f <= 2 + 1e-9 ? 2 : f <= 5 + 1e-9 ? 5 : 10) * power;
@@ -218,7 +237,14 @@ bool wants_scientific(const std::vector<double>& values) {
 }
 
 std::vector<AxisTick> linear_ticks(double lo, double hi, int target, double min_step) {
-  const double step = std::max(nice_step((hi - lo) / std::max(target, 1)), min_step);
+  // The readers bound steps and values (kMaxStep, kMaxValue), so the span is finite; it is
+  // not empty as the axes pad a constant. The step stays above 1e-12 of the values, so that
+  // k below counts in exact whole numbers and the loop ends.
+  if (!(hi > lo) || !std::isfinite(hi - lo)) {
+    throw Error(fmt::format("internal: axis range [{}, {}] cannot be drawn", lo, hi));
+  }
+  const double magnitude = std::max(std::fabs(lo), std::fabs(hi));
+  const double step = std::max({nice_step((hi - lo) / std::max(target, 1)), min_step, nice_step(magnitude * 1e-12)});
   std::vector<double> values;
   for (double k = std::ceil(lo / step - 1e-9); k <= std::floor(hi / step + 1e-9); ++k) {
     const double v = k * step;  // k * step, not a running sum: no accumulated rounding

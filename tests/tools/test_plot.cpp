@@ -131,6 +131,34 @@ TEST(PlotParse, ANumberBeyondDoubleIsASkippedLine) {
   EXPECT_NE(log.warnings[0].find("run/metrics.jsonl: line 2: not valid JSON"), std::string::npos) << log.warnings[0];
 }
 
+// Found by fuzz/fuzz_metrics.cpp (UBSan): a record at step 3.3e92 left the step axis without
+// width (its +-1 margin is below that number's rounding), and the tick step derived from the
+// zero span reached log10(0) = -inf, cast to int. Steps beyond 1e15 and values beyond 1e300
+// are now skipped with a warning naming the line.
+TEST(PlotParse, StepsAndValuesBeyondWhatAPlotCanScaleAreSkipped) {
+  CapturedLog captured;
+  const auto log = parse_metrics(
+      "{\"step\": 1, \"loss\": 1.0}\n"
+      "{\"step\": 3333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333"
+      "5, \"loss\": 0.2, \"event\": \"checkpoint\"}\n"
+      "{\"step\": 2, \"loss\": -1e301, \"lr\": 0.5}\n"
+      "{\"step\": -1e16, \"lr\": 0.5}\n"
+      "{\"step\": 1000000000000000, \"loss\": 1e300}\n",
+      "run/metrics.jsonl");
+  EXPECT_EQ(log.find("loss")->steps, (std::vector<double>{1, 1e15}));
+  EXPECT_EQ(log.find("loss")->values, (std::vector<double>{1.0, 1e300}));
+  EXPECT_EQ(log.find("lr")->steps, (std::vector<double>{2}));
+  EXPECT_TRUE(log.events.empty());
+  ASSERT_EQ(log.warnings.size(), 3u);
+  EXPECT_NE(log.warnings[0].find("line 2: 'step' 3.3333333333333335e+100 is not a step count (beyond 1e15), skipped"),
+            std::string::npos)
+      << log.warnings[0];
+  EXPECT_NE(log.warnings[1].find("line 3: 'loss' = -1e+301 is beyond what a plot can scale"), std::string::npos)
+      << log.warnings[1];
+  EXPECT_NE(log.warnings[2].find("line 4: 'step' -1e+16 is not a step count"), std::string::npos)
+      << log.warnings[2];
+}
+
 TEST(PlotParse, NoNumericDataIsAnError) {
   EXPECT_THROW_WITH(parse_metrics("", "run/metrics.jsonl"), "run/metrics.jsonl", "empty");
   EXPECT_THROW_WITH(parse_metrics("\n\n", "run/metrics.jsonl"), "run/metrics.jsonl", "no numeric metrics");
@@ -183,6 +211,19 @@ TEST(PlotTicks, LogTicksAreDecadesOrOneTwoFive) {
   EXPECT_EQ(labels(axis_ticks(1e-8, 1e4, 4, true)), (std::vector<std::string>{"1e-8", "1e-4", "1", "1e4"}));
   EXPECT_EQ(labels(axis_ticks(0.04, 0.3, 6, true)), (std::vector<std::string>{"0.05", "0.1", "0.2"}));
   EXPECT_THROW_WITH(axis_ticks(0, 1, 5, true), "not positive");
+}
+
+// The extremes the readers let through still give finite ticks in a few steps: a span of a
+// few units at 1e20 (below 1e-12 of it, ticks would count past 2^53 and never end), the widest
+// span of values, a span of denormals.
+TEST(PlotTicks, ExtremeRangesGiveFewTicksAndEnd) {
+  const auto narrow = axis_ticks(1e20, 1e20 + 65536, 5, false);
+  EXPECT_LE(narrow.size(), 2u);
+  const auto wide = axis_ticks(-1.05e300, 1.05e300, 5, false);
+  EXPECT_EQ(labels(wide), (std::vector<std::string>{"-1e300", "-5e299", "0", "5e299", "1e300"}));
+  const auto tiny = axis_ticks(1e-320, 5e-320, 4, false);
+  EXPECT_GE(tiny.size(), 2u) << ::testing::PrintToString(labels(tiny));
+  for (const auto& t : tiny) EXPECT_TRUE(std::isfinite(t.value) && t.value > 0) << t.label;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,6 +399,25 @@ TEST(PlotRender, SmoothingOverlayAndLogScale) {
   EXPECT_EQ(raw.panels[0].smooth_window, 1);
   const Point same = raw.to_pixel(0, 205, 17.2 / 19);
   EXPECT_FALSE(is_curve(raw.canvas.pixel(static_cast<int>(same.x), static_cast<int>(same.y))));
+}
+
+// What fuzz/fuzz_metrics.cpp found, drawn: one record at the largest step and the largest
+// values the reader keeps (a constant, and the widest span), beside an ordinary one.
+TEST(PlotRender, TheLargestStepsAndValuesStillDraw) {
+  PlotOptions options;
+  options.width = 400;
+  options.height = 300;
+  for (const std::string text : {"{\"step\": 1000000000000000, \"loss\": 1e300}\n",
+                                 "{\"step\": 0, \"loss\": -1e300}\n{\"step\": 1000000000000000, \"loss\": 1e300}\n",
+                                 "{\"step\": 999999999999999, \"loss\": 1e-320, \"lr\": 1e300}\n"
+                                 "{\"step\": 1000000000000000, \"loss\": 2e-320, \"lr\": 1e300}\n"}) {
+    options.log_y = {};
+    const Figure figure = render_metrics(parse_metrics(text, "run/metrics.jsonl"), options);
+    EXPECT_EQ(figure.canvas.width(), 400) << text;
+    EXPECT_LT(figure.x_min, figure.x_max) << text;
+    options.log_y = {"loss"};
+    EXPECT_NO_THROW(render_metrics(parse_metrics(text, "run/metrics.jsonl"), options)) << text;
+  }
 }
 
 TEST(PlotRender, OptionsThatDoNotFitAreErrors) {
