@@ -1,7 +1,9 @@
 #include "data/loader.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "config/json_number.h"
 #include "core/error.h"
 
 namespace lisadiff::data {
@@ -193,14 +195,28 @@ nlohmann::json DataLoader::state() const {
   return s;
 }
 
+namespace {
+
+// state[key] as a count: a whole number >= 0 (a float or a number beyond int64 is an error, not
+// a silently converted value).
+std::int64_t count_in(const nlohmann::json& state, const char* key) {
+  const auto& v = state.at(key);
+  if (const auto x = config::whole_number(v, 0, INT64_MAX)) return *x;
+  throw Error(fmt::format("data loader state: {} is {}, not a whole number >= 0", key, v.dump()));
+}
+
+}  // namespace
+
 void DataLoader::load_state(const nlohmann::json& state) {
   if (started_) throw Error("data loader: load_state must come before the first batch");
   try {
-    auto records = state.at("records").get<std::int64_t>();
+    auto records = count_in(state, "records");
     if (state.at("fingerprint").get<std::string>() != options_.fingerprint()) {
       // Another number of processes over the same data: the examples the old run read in all
       // are skipped where the source can place them (image folders).
-      const int saved_world = state.value("world_size", 0);
+      const auto world = state.find("world_size");
+      const int saved_world =
+          world == state.end() ? 0 : static_cast<int>(config::whole_number(*world, 0, INT32_MAX).value_or(0));
       const auto position = state.value("order", std::string()) == options_.order_fingerprint() && saved_world > 0
                                 ? source_->position_after(records, saved_world)
                                 : -1;
@@ -219,12 +235,12 @@ void DataLoader::load_state(const nlohmann::json& state) {
     fetched_ = records;
     consumed_ = records;
     stats_.records = records;
-    stats_.examples = state.at("examples").get<std::int64_t>();
-    stats_.bad = state.at("bad").get<std::int64_t>();
-    stats_.filtered = state.at("filtered").get<std::int64_t>();
-    stats_.dropped = state.at("dropped").get<std::int64_t>();
-    stats_.epoch = state.at("epoch").get<std::int64_t>();
-    good_in_epoch_ = state.at("good_in_epoch").get<std::int64_t>();
+    stats_.examples = count_in(state, "examples");
+    stats_.bad = count_in(state, "bad");
+    stats_.filtered = count_in(state, "filtered");
+    stats_.dropped = count_in(state, "dropped");
+    stats_.epoch = count_in(state, "epoch");
+    good_in_epoch_ = count_in(state, "good_in_epoch");
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("data loader state: malformed (") + e.what() + ")");
   }

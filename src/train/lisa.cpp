@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "config/json_number.h"
 #include "core/error.h"
 #include "train/ema.h"
 
@@ -202,11 +203,36 @@ nlohmann::json LisaSampler::state() const {
   return {{"rng", rng.str()}, {"draws", draws_}};
 }
 
+namespace {
+
+// state[key], a whole number in [min, max]; otherwise an Error "<what>: <key> is ..., not ...".
+int64_t state_int(const nlohmann::json& state, const char* key, const char* what, int64_t min = 0,
+                  int64_t max = INT64_MAX) {
+  const auto& v = state.at(key);
+  if (const auto x = config::whole_number(v, min, max)) return *x;
+  throw Error(fmt::format("{}: {} is {}, not a whole number in [{}, {}]", what, key, v.dump(), min, max));
+}
+
+// state[key], a list of whole numbers in [0, INT64_MAX].
+std::vector<int64_t> state_ints(const nlohmann::json& state, const char* key, const char* what) {
+  const auto& v = state.at(key);
+  if (!v.is_array()) throw Error(fmt::format("{}: {} is {}, not a list", what, key, v.type_name()));
+  std::vector<int64_t> out;
+  for (const auto& item : v) {
+    const auto x = config::whole_number(item, 0, INT64_MAX);
+    if (!x) throw Error(fmt::format("{}: {} holds {}, not a whole number >= 0", what, key, item.dump()));
+    out.push_back(*x);
+  }
+  return out;
+}
+
+}  // namespace
+
 void LisaSampler::load_state(const nlohmann::json& state) {
   std::istringstream rng(state.at("rng").get<std::string>());
   rng >> rng_;
   if (!rng) throw Error("LISA sampler state: invalid RNG state");
-  draws_ = state.at("draws").get<int64_t>();
+  draws_ = state_int(state, "draws", "LISA sampler state");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -348,22 +374,31 @@ void Lisa::load_state(const nlohmann::json& state) {
   const auto fail = [](const std::string& what) { throw Error("LISA state: " + what); };
   try {
     const std::string kind = options_.unit == LisaUnit::kTensor ? "tensor" : "block";
-    if (state.at("units").get<std::size_t>() != units.size() || state.at("unit_kind").get<std::string>() != kind ||
+    constexpr const char* kWhat = "LISA state";
+    const int64_t saved_units = state_int(state, "units", kWhat);
+    const int64_t saved_active = state_int(state, "n_active", kWhat);
+    const int64_t interval = state_int(state, "interval", kWhat);
+    const int64_t step = state_int(state, "global_step", kWhat);
+    const int64_t drawn_at = state_int(state, "drawn_at", kWhat);
+    const int64_t sets_trained = state_int(state, "sets_trained", kWhat);
+    auto counts = state_ints(state, "activation_counts", kWhat);
+    const auto active_saved = state_ints(state, "active_units", kWhat);
+    std::vector<std::size_t> active(active_saved.begin(), active_saved.end());
+    if (saved_units != static_cast<int64_t>(units.size()) || state.at("unit_kind").get<std::string>() != kind ||
         state.at("first_unit").get<std::string>() != units.front().name ||
         state.at("last_unit").get<std::string>() != units.back().name) {
       fail(fmt::format("saved for {} {} units ({} ... {}), this run has {} {} units ({} ... {})",
-                       state.at("units").get<std::size_t>(), state.at("unit_kind").get<std::string>(),
+                       saved_units, state.at("unit_kind").get<std::string>(),
                        state.at("first_unit").get<std::string>(), state.at("last_unit").get<std::string>(),
                        units.size(), kind, units.front().name, units.back().name));
     }
-    if (state.at("n_active").get<int64_t>() != sampler_.n_active()) {
-      fail(fmt::format("saved with {} active units, this run draws {}", state.at("n_active").get<int64_t>(),
-                       sampler_.n_active()));
+    if (saved_active != sampler_.n_active()) {
+      fail(fmt::format("saved with {} active units, this run draws {}", saved_active, sampler_.n_active()));
     }
     const auto differs = [&](const char* key, const std::string& saved, const std::string& now) {
       if (saved != now) fail(fmt::format("saved with lisa_{} {}, this run has {}: resume with the same value", key, saved, now));
     };
-    differs("interval", std::to_string(state.at("interval").get<int64_t>()), std::to_string(options_.interval));
+    differs("interval", std::to_string(interval), std::to_string(options_.interval));
     differs("sampling", state.at("sampling").get<std::string>(),
             options_.sampling == LisaSampling::kUniform ? "uniform" : "weighted");
     const auto patterns = [](const std::vector<std::string>& p) {
@@ -371,12 +406,7 @@ void Lisa::load_state(const nlohmann::json& state) {
     };
     differs("always_on", patterns(state.at("always_on").get<std::vector<std::string>>()), patterns(options_.always_on));
     differs("keep_state", state.at("keep_state").get<bool>() ? "true" : "false", options_.keep_state ? "true" : "false");
-    const int64_t step = state.at("global_step").get<int64_t>();
-    const int64_t drawn_at = state.at("drawn_at").get<int64_t>();
-    const int64_t sets_trained = state.at("sets_trained").get<int64_t>();
     if (drawn_at < 0 || drawn_at > step) fail(fmt::format("drawn_at {} is outside [0, global step {}]", drawn_at, step));
-    auto counts = state.at("activation_counts").get<std::vector<int64_t>>();
-    auto active = state.at("active_units").get<std::vector<std::size_t>>();
     if (counts.size() != units.size()) fail("activation_counts has the wrong length");
     std::vector<std::size_t> sorted = active;
     std::sort(sorted.begin(), sorted.end());

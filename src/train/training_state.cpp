@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "config/json_number.h"
 #include "core/error.h"
 
 namespace lisadiff::train {
@@ -19,12 +20,9 @@ const Json& field(const Json& state, const char* key, const std::string& file) {
 std::int64_t integer(const Json& state, const char* key, const std::string& file, std::int64_t min, std::int64_t max) {
   const Json& v = field(state, key, file);
   if (!v.is_number_integer()) throw Error(file, field_key(key), "is " + std::string(v.type_name()) + ", not an integer");
-  // Unsigned values above INT64_MAX read as negative here and fail the range check.
-  const std::int64_t x = v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX)
-                             ? -1
-                             : v.get<std::int64_t>();
-  if (x < min || x > max) throw Error(file, field_key(key), fmt::format("{} is outside [{}, {}]", v.dump(), min, max));
-  return x;
+  const auto x = config::whole_number(v, min, max);
+  if (!x) throw Error(file, field_key(key), fmt::format("{} is outside [{}, {}]", v.dump(), min, max));
+  return *x;
 }
 
 const Json& object(const Json& state, const char* key, const std::string& file) {

@@ -247,6 +247,31 @@ TEST(DataLoader, ResumeFromASavedPositionGivesTheSameFollowingBatches) {
   }
 }
 
+// A count in the saved state that is not a whole number >= 0 (a float, one beyond int64, a
+// negative one) is an error naming it, never a silently converted position.
+TEST(DataLoader, SavedCountsMustBeWholeNumbers) {
+  testing::TempDir tmp;
+  const auto dir = make(tmp, "t2i", "folder", 6);
+  const auto o = options_for("t2i", dir, "folder");
+  DataLoader first(o);
+  take(first, 2);
+  const auto saved = first.state();
+  for (const auto& [key, value, shown] :
+       std::vector<std::tuple<const char*, nlohmann::json, const char*>>{
+           {"records", nlohmann::json::parse("200000000000000000000"), "2e+20"},
+           {"records", 2.5, "2.5"},
+           {"examples", -1, "-1"},
+           {"good_in_epoch", nlohmann::json::parse("18446744073709551615"), "18446744073709551615"}}) {
+    auto bad = saved;
+    bad[key] = value;
+    DataLoader resumed(o);
+    EXPECT_THROW_WITH(resumed.load_state(bad), std::string("data loader state: ") + key + " is " + shown,
+                      "not a whole number >= 0");
+  }
+  DataLoader resumed(o);
+  resumed.load_state(saved);
+}
+
 TEST(DataLoader, BadSamplesAreSkippedNamedAndCounted) {
   testing::TempDir tmp;
   const auto dir = make(tmp, "t2i", "folder", 12);

@@ -523,6 +523,38 @@ TEST(Lisa, StateFromAnotherRunIsAnError) {
   EXPECT_EQ(c.active_units(), a.active_units());
 }
 
+// Found by fuzz/fuzz_training_state.cpp (UBSan): "n_active": 200000000000000000000 is read
+// by nlohmann as a float, and get<int64_t>() of 2e20 is undefined behaviour (a float such as
+// 2.5 was silently truncated). Every number of the state must be a whole number in range, and
+// the error names the key.
+TEST(Lisa, StateNumbersMustBeWholeAndInRange) {
+  auto m = deep_mlp();
+  LisaOptions lo;
+  lo.n_active = 2;
+  Lisa a(*m, lo, {});
+  const auto state = a.state();
+  auto other = deep_mlp();
+  Lisa b(*other, lo, {});
+  const auto with = [&](const char* key, const nlohmann::json& value) {
+    auto bad = state;
+    bad[key] = value;
+    return bad;
+  };
+  EXPECT_THROW_WITH(b.load_state(with("n_active", nlohmann::json::parse("200000000000000000000"))),
+                    "LISA state: n_active is 2e+20, not a whole number");
+  EXPECT_THROW_WITH(b.load_state(with("n_active", 2.0)), "LISA state: n_active is 2.0, not a whole number");
+  EXPECT_THROW_WITH(b.load_state(with("units", nlohmann::json::parse("18446744073709551615"))),
+                    "LISA state: units is 18446744073709551615, not a whole number");
+  EXPECT_THROW_WITH(b.load_state(with("global_step", -3)), "LISA state: global_step is -3, not a whole number");
+  EXPECT_THROW_WITH(b.load_state(with("active_units", {1, 2.5})), "LISA state: active_units holds 2.5");
+  EXPECT_THROW_WITH(b.load_state(with("activation_counts", "many")), "LISA state: activation_counts is string");
+  auto sampler = state;
+  sampler["sampler"]["draws"] = 1e300;
+  EXPECT_THROW_WITH(b.load_state(sampler), "LISA sampler state: draws is 1e+300, not a whole number");
+  b.load_state(state);  // the untouched state still loads
+  EXPECT_EQ(b.active_units(), a.active_units());
+}
+
 TEST(Lisa, SmallModelsWorkWithTheDefaultRate) {
   torch::nn::Linear a(2, 2);  // 2 tensors, both always on: 8 / 2 would be a rate of 4
   Lisa lisa(*a, {}, {});
