@@ -14,6 +14,10 @@
 # 30 s, memory over 2 GB) is saved as build-fuzz/runs/<time>/findings/<target>-{crash,leak,timeout,oom}-*;
 # the script then exits 1. Inputs slower than 10 s are kept as <target>-slow-unit-* and named.
 # Prints one line per target: executions, coverage, corpus size, findings.
+# LISADIFF_FUZZ_NICE=N runs the fuzzers at nice N. With the kernel's autogroup scheduling
+# (/proc/sys/kernel/sched_autogroup_enabled, on by default) nice only ranks processes of one
+# session: a build or CI started from another terminal still takes an equal share of the
+# cores (measured: 30-minute runs beside a nice-19 CI in another session got 15.5 CPU-minutes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${LISADIFF_CACHE_DIR:-$HOME/.cache/lisadiff}"
