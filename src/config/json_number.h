@@ -5,6 +5,12 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
 
 namespace lisadiff::config {
 
@@ -19,6 +25,32 @@ std::optional<std::int64_t> whole_number(const J& value, std::int64_t min, std::
   const auto v = value.template get<std::int64_t>();
   if (v < min || v > max) return std::nullopt;
   return v;
+}
+
+// object[key] as a whole number in [min, max]; otherwise an Error
+// "<what>: <key> is 2.5, not a whole number >= 0" (or "in [min, max]"). A missing key throws
+// nlohmann's out_of_range, as object.at(key) does.
+template <class J>
+std::int64_t whole_number_at(const J& object, const char* key, const std::string& what, std::int64_t min = 0,
+                             std::int64_t max = INT64_MAX) {
+  const auto& v = object.at(key);
+  if (const auto x = whole_number(v, min, max)) return *x;
+  const std::string range = max == INT64_MAX ? fmt::format(">= {}", min) : fmt::format("in [{}, {}]", min, max);
+  throw Error(fmt::format("{}: {} is {}, not a whole number {}", what, key, v.dump(), range));
+}
+
+// object[key] as a list of whole numbers >= 0; otherwise an Error naming the key.
+template <class J>
+std::vector<std::int64_t> whole_numbers_at(const J& object, const char* key, const std::string& what) {
+  const auto& v = object.at(key);
+  if (!v.is_array()) throw Error(fmt::format("{}: {} is {}, not a list", what, key, v.type_name()));
+  std::vector<std::int64_t> out;
+  for (const auto& item : v) {
+    const auto x = whole_number(item, 0, INT64_MAX);
+    if (!x) throw Error(fmt::format("{}: {} holds {}, not a whole number >= 0", what, key, item.dump()));
+    out.push_back(*x);
+  }
+  return out;
 }
 
 }  // namespace lisadiff::config

@@ -1,6 +1,5 @@
 #include "data/loader.h"
 
-#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "config/json_number.h"
@@ -195,22 +194,11 @@ nlohmann::json DataLoader::state() const {
   return s;
 }
 
-namespace {
-
-// state[key] as a count: a whole number >= 0 (a float or a number beyond int64 is an error, not
-// a silently converted value).
-std::int64_t count_in(const nlohmann::json& state, const char* key) {
-  const auto& v = state.at(key);
-  if (const auto x = config::whole_number(v, 0, INT64_MAX)) return *x;
-  throw Error(fmt::format("data loader state: {} is {}, not a whole number >= 0", key, v.dump()));
-}
-
-}  // namespace
-
 void DataLoader::load_state(const nlohmann::json& state) {
   if (started_) throw Error("data loader: load_state must come before the first batch");
+  constexpr const char* kWhat = "data loader state";
   try {
-    auto records = count_in(state, "records");
+    auto records = config::whole_number_at(state, "records", kWhat);
     if (state.at("fingerprint").get<std::string>() != options_.fingerprint()) {
       // Another number of processes over the same data: the examples the old run read in all
       // are skipped where the source can place them (image folders).
@@ -235,12 +223,12 @@ void DataLoader::load_state(const nlohmann::json& state) {
     fetched_ = records;
     consumed_ = records;
     stats_.records = records;
-    stats_.examples = count_in(state, "examples");
-    stats_.bad = count_in(state, "bad");
-    stats_.filtered = count_in(state, "filtered");
-    stats_.dropped = count_in(state, "dropped");
-    stats_.epoch = count_in(state, "epoch");
-    good_in_epoch_ = count_in(state, "good_in_epoch");
+    stats_.examples = config::whole_number_at(state, "examples", kWhat);
+    stats_.bad = config::whole_number_at(state, "bad", kWhat);
+    stats_.filtered = config::whole_number_at(state, "filtered", kWhat);
+    stats_.dropped = config::whole_number_at(state, "dropped", kWhat);
+    stats_.epoch = config::whole_number_at(state, "epoch", kWhat);
+    good_in_epoch_ = config::whole_number_at(state, "good_in_epoch", kWhat);
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("data loader state: malformed (") + e.what() + ")");
   }

@@ -203,36 +203,11 @@ nlohmann::json LisaSampler::state() const {
   return {{"rng", rng.str()}, {"draws", draws_}};
 }
 
-namespace {
-
-// state[key], a whole number in [min, max]; otherwise an Error "<what>: <key> is ..., not ...".
-int64_t state_int(const nlohmann::json& state, const char* key, const char* what, int64_t min = 0,
-                  int64_t max = INT64_MAX) {
-  const auto& v = state.at(key);
-  if (const auto x = config::whole_number(v, min, max)) return *x;
-  throw Error(fmt::format("{}: {} is {}, not a whole number in [{}, {}]", what, key, v.dump(), min, max));
-}
-
-// state[key], a list of whole numbers in [0, INT64_MAX].
-std::vector<int64_t> state_ints(const nlohmann::json& state, const char* key, const char* what) {
-  const auto& v = state.at(key);
-  if (!v.is_array()) throw Error(fmt::format("{}: {} is {}, not a list", what, key, v.type_name()));
-  std::vector<int64_t> out;
-  for (const auto& item : v) {
-    const auto x = config::whole_number(item, 0, INT64_MAX);
-    if (!x) throw Error(fmt::format("{}: {} holds {}, not a whole number >= 0", what, key, item.dump()));
-    out.push_back(*x);
-  }
-  return out;
-}
-
-}  // namespace
-
 void LisaSampler::load_state(const nlohmann::json& state) {
   std::istringstream rng(state.at("rng").get<std::string>());
   rng >> rng_;
   if (!rng) throw Error("LISA sampler state: invalid RNG state");
-  draws_ = state_int(state, "draws", "LISA sampler state");
+  draws_ = config::whole_number_at(state, "draws", "LISA sampler state");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -375,14 +350,14 @@ void Lisa::load_state(const nlohmann::json& state) {
   try {
     const std::string kind = options_.unit == LisaUnit::kTensor ? "tensor" : "block";
     constexpr const char* kWhat = "LISA state";
-    const int64_t saved_units = state_int(state, "units", kWhat);
-    const int64_t saved_active = state_int(state, "n_active", kWhat);
-    const int64_t interval = state_int(state, "interval", kWhat);
-    const int64_t step = state_int(state, "global_step", kWhat);
-    const int64_t drawn_at = state_int(state, "drawn_at", kWhat);
-    const int64_t sets_trained = state_int(state, "sets_trained", kWhat);
-    auto counts = state_ints(state, "activation_counts", kWhat);
-    const auto active_saved = state_ints(state, "active_units", kWhat);
+    const int64_t saved_units = config::whole_number_at(state, "units", kWhat);
+    const int64_t saved_active = config::whole_number_at(state, "n_active", kWhat);
+    const int64_t interval = config::whole_number_at(state, "interval", kWhat);
+    const int64_t step = config::whole_number_at(state, "global_step", kWhat);
+    const int64_t drawn_at = config::whole_number_at(state, "drawn_at", kWhat);
+    const int64_t sets_trained = config::whole_number_at(state, "sets_trained", kWhat);
+    auto counts = config::whole_numbers_at(state, "activation_counts", kWhat);
+    const auto active_saved = config::whole_numbers_at(state, "active_units", kWhat);
     std::vector<std::size_t> active(active_saved.begin(), active_saved.end());
     if (saved_units != static_cast<int64_t>(units.size()) || state.at("unit_kind").get<std::string>() != kind ||
         state.at("first_unit").get<std::string>() != units.front().name ||
