@@ -111,8 +111,9 @@ run_and_kill() {
     checkpoint)  # the Nth checkpoint write (delay = N), the instant its temporary folder appears
       local seen=0 last=""
       while kill -0 "$pid" 2>/dev/null; do
-        local tmp
-        tmp=$(find "$out" -maxdepth 1 -name '.checkpoint-*.tmp-*' 2>/dev/null | head -1)
+        local tmps tmp  # a glob, not find: this loop polls every 5 ms beside the run it watches
+        shopt -s nullglob; tmps=("$out"/.checkpoint-*.tmp-*); shopt -u nullglob
+        tmp=${tmps[0]:-}
         if [ -n "$tmp" ] && [ "$tmp" != "$last" ]; then
           seen=$((seen + 1)); last=$tmp
           if [ "$seen" -ge "$delay" ]; then hit="writing $(basename "$tmp")"; break; fi
@@ -121,7 +122,9 @@ run_and_kill() {
       done ;;
     validation)  # inside the Nth validation pass: its "running" line, then a random 0-90 ms
       while kill -0 "$pid" 2>/dev/null; do
-        if [ "$(grep -c '\[validation\] .*: running' "$log" 2>/dev/null || true)" -ge "$delay" ]; then
+        local passes  # empty while the log does not exist yet
+        passes=$(grep -c '\[validation\] .*: running' "$log" 2>/dev/null || true)
+        if [ "${passes:-0}" -ge "$delay" ]; then
           sleep "0.0$((RANDOM % 10))"
           hit="in validation pass $delay"
           break

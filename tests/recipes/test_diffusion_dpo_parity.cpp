@@ -138,7 +138,11 @@ TEST_P(DiffusionDpoParity, TenStepsEqualThePythonReference) {
     ASSERT_EQ(static_cast<int64_t>(values.size()), expected.size(0)) << key;
     for (std::size_t i = 0; i < values.size(); ++i) {
       double tolerance = 1e-5 * std::abs(values[i]) + 1e-6;
-      if (key == "losses") tolerance = 2e-5;
+      // The loss is beta = 100 times a difference of MSEs of models whose weights drift apart
+      // by AdamW's normalised rounding: measured up to about 1e-5 where this test was written,
+      // 2.4e-5 on an AMD EPYC (AVX2; the full run, micro-batch 8 of 20). A wrong loss or
+      // reference differs by 1e-2 and more.
+      if (key == "losses") tolerance = 5e-5;
       if (key == "implicit_acc") {
         const auto near_zero = ref_logits[static_cast<int64_t>(i)].abs().lt(1e-6).sum().item<double>();
         tolerance = near_zero / batch;

@@ -242,13 +242,18 @@ TEST_P(UNetTrainingParity, LossesAndFinalWeights) {
     if (lisa && done % 3 == 0) lisa->activate_units(draws[static_cast<std::size_t>(done / 3)]);
   }
   // The forward passes agree to float32 rounding (see test_models_parity); AdamW normalises
-  // each update, so after 10 steps the weights agree to about lr * 1e-3.
+  // each update, so a gradient element near zero turns its rounding into an update of up to lr:
+  // after 10 steps the weights agree to about lr * 1e-3 with a reference made on the same CPU
+  // (1.9e-6 here). The committed reference was made on another one, and torch itself does not
+  // repeat across CPUs to that level: the same script on an AMD EPYC (AVX2) differs from the
+  // committed file by 3.4e-6 (its kernels sum in another order), and lisadiff there by 4.2e-6.
+  // The bound, lr * 1e-2, covers that spread; a wrong update rule moves weights by ~lr per step.
   EXPECT_LT(worst_loss, 1e-5);
   double worst = 0;
   for (const auto& p : unet->named_parameters()) {
     const auto expected = ref.tensor(regime + ".final." + p.key());
     worst = std::max(worst, (p.value() - expected).abs().max().item<double>());
-    EXPECT_TRUE(close_tensor(p.key(), p.value(), expected, 2e-6, 1e-4));
+    EXPECT_TRUE(close_tensor(p.key(), p.value(), expected, 1e-5, 1e-4));
   }
   std::cout << regime << ": max |loss diff| " << worst_loss << ", max |weight diff| " << worst << "\n";
 }
