@@ -136,7 +136,10 @@ TEST(Transforms, InterpolationNames) {
 }
 
 TEST(Codecs, DecodeEqualsPilPixelForPixel) {
-  for (const auto& codec : testing::read_json(fixtures_dir() / "data/transforms.json").at("codecs")) {
+  // The fixture is kept in a variable: a range-for over a member of a temporary would iterate
+  // freed memory (ASan: heap-use-after-free).
+  const auto fixture = testing::read_json(fixtures_dir() / "data/transforms.json");
+  for (const auto& codec : fixture.at("codecs")) {
     const auto name = codec.get<std::string>();
     const auto decoded = decode_image(bytes_of(name), name);
     EXPECT_TRUE(testing::same_tensor(decoded, ref().tensor("codec." + name + ".pixels"))) << name;

@@ -143,8 +143,11 @@ TEST(Loading, HalfPrecisionFilesLoadIntoAnyFloatDtype) {
   models::LoadOptions o;
   auto unet = models::load_unet(c.dir, o);
   auto ref = models::load_unet(pipeline("micro-sd") / "unet");
+  // named_parameters() returns the dict by value: keep it, or got would refer into a temporary
+  // (ASan: heap-use-after-free).
+  const auto loaded = unet->named_parameters();
   for (const auto& p : ref->named_parameters()) {
-    const auto& got = unet->named_parameters()[p.key()];
+    const auto& got = loaded[p.key()];
     ASSERT_EQ(got.scalar_type(), torch::kFloat32);
     EXPECT_TRUE(testing::same_tensor(got, p.value().to(torch::kBFloat16).to(torch::kFloat32))) << p.key();
   }
