@@ -8,7 +8,7 @@ namespace lisadiff::config {
 namespace {
 
 template <class Self, class Visitor>
-void visit_fields(Self& c, Visitor& v) {
+void visit_clip_text_fields(Self& c, Visitor& v) {
   v("vocab_size", c.vocab_size);
   v("hidden_size", c.hidden_size);
   v("intermediate_size", c.intermediate_size);
@@ -43,7 +43,7 @@ const char* const kPretrainedConfigKeys[] = {
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "model_type",
 };
 
-const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+const auto kVisitClipText = [](auto& config, auto& visitor) { visit_clip_text_fields(config, visitor); };
 
 }  // namespace
 
@@ -54,7 +54,7 @@ CLIPTextConfig CLIPTextConfig::from_json(const Json& json, const std::string& so
     field_error(source, "model_type", "expected \"clip_text_model\", found " + describe_json(*type));
   }
   for (const char* key : kPretrainedConfigKeys) reader.ignored(key);
-  return read_fields(CLIPTextConfig{}, reader, kVisit);
+  return read_fields(CLIPTextConfig{}, reader, kVisitClipText);
 }
 
 CLIPTextConfig CLIPTextConfig::from_file(const std::filesystem::path& path) {
@@ -78,7 +78,7 @@ void CLIPTextConfig::validate(const std::string& source) const {
 
 Json CLIPTextConfig::to_json() const {
   const Json header = {{"architectures", Json::array({"CLIPTextModel"})}, {"model_type", "clip_text_model"}};
-  return write_fields(*this, header, kVisit);
+  return write_fields(*this, header, kVisitClipText);
 }
 
 std::string CLIPTextConfig::summary() const {

@@ -13,7 +13,7 @@ namespace lisadiff::config {
 namespace {
 
 template <class Self, class Visitor>
-void visit_fields(Self& c, Visitor& v) {
+void visit_scheduler_fields(Self& c, Visitor& v) {
   v("num_train_timesteps", c.num_train_timesteps);
   v("beta_start", c.beta_start);
   v("beta_end", c.beta_end);
@@ -110,7 +110,7 @@ const SchedulerClass* find_class(const std::string& name) {
   return nullptr;
 }
 
-const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+const auto kVisitScheduler = [](auto& config, auto& visitor) { visit_scheduler_fields(config, visitor); };
 
 }  // namespace
 
@@ -134,7 +134,7 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
     spdlog::warn("{}: scheduler class '{}' is not one lisadiff implements; reading its noise schedule with "
                  "DDPMScheduler's defaults", source, class_name);
   }
-  return read_fields(defaults_for(class_name), reader, kVisit);
+  return read_fields(defaults_for(class_name), reader, kVisitScheduler);
 }
 
 // Python's json writes float("-inf") as the bare token -Infinity, which is not JSON; diffusers
@@ -179,7 +179,7 @@ SchedulerConfig SchedulerConfig::from_json_as(const Json& json, const std::strin
                                               const std::string& class_name) {
   if (!is_known_class(class_name)) throw Error(source, "cannot read a scheduler config as unknown class '" + class_name + "'");
   FieldReader reader(json, source);
-  return read_fields(defaults_for(class_name), reader, kVisit);
+  return read_fields(defaults_for(class_name), reader, kVisitScheduler);
 }
 
 SchedulerConfig SchedulerConfig::from_file_as(const std::filesystem::path& path, const std::string& class_name) {
@@ -213,7 +213,7 @@ void SchedulerConfig::validate(const std::string& source) const {
 }
 
 Json SchedulerConfig::to_json() const {
-  const Json all = write_fields(*this, {{"_class_name", class_name}}, kVisit);
+  const Json all = write_fields(*this, {{"_class_name", class_name}}, kVisitScheduler);
   const auto* cls = find_class(class_name);
   if (!cls) cls = find_class("DDPMScheduler");
   Json out = Json::object();

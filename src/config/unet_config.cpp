@@ -30,7 +30,7 @@ std::vector<int> per_block(const ScalarOrList<int>& value, std::size_t blocks, c
 
 // Every config.json key, in diffusers' constructor order. Self is const for writing.
 template <class Self, class Visitor>
-void visit_fields(Self& c, Visitor& v) {
+void visit_unet_fields(Self& c, Visitor& v) {
   v("sample_size", c.sample_size);
   v("in_channels", c.in_channels);
   v("out_channels", c.out_channels);
@@ -82,14 +82,14 @@ void visit_fields(Self& c, Visitor& v) {
   v("addition_embed_type_num_heads", c.addition_embed_type_num_heads);
 }
 
-const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+const auto kVisitUnet = [](auto& config, auto& visitor) { visit_unet_fields(config, visitor); };
 
 }  // namespace
 
 UNet2DConditionConfig UNet2DConditionConfig::from_json(const Json& json, const std::string& source) {
   FieldReader reader(json, source);
   check_class_name(reader, {"UNet2DConditionModel"});
-  return read_fields(UNet2DConditionConfig{}, reader, kVisit);
+  return read_fields(UNet2DConditionConfig{}, reader, kVisitUnet);
 }
 
 UNet2DConditionConfig UNet2DConditionConfig::from_file(const std::filesystem::path& path) {
@@ -145,7 +145,7 @@ void UNet2DConditionConfig::validate(const std::string& source) {
 }
 
 Json UNet2DConditionConfig::to_json() const {
-  return write_fields(*this, {{"_class_name", "UNet2DConditionModel"}}, kVisit);
+  return write_fields(*this, {{"_class_name", "UNet2DConditionModel"}}, kVisitUnet);
 }
 
 std::string UNet2DConditionConfig::summary() const {

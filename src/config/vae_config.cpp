@@ -9,7 +9,7 @@ namespace lisadiff::config {
 namespace {
 
 template <class Self, class Visitor>
-void visit_fields(Self& c, Visitor& v) {
+void visit_vae_fields(Self& c, Visitor& v) {
   v("in_channels", c.in_channels);
   v("out_channels", c.out_channels);
   v("down_block_types", c.down_block_types);
@@ -30,14 +30,14 @@ void visit_fields(Self& c, Visitor& v) {
   v("mid_block_add_attention", c.mid_block_add_attention);
 }
 
-const auto kVisit = [](auto& config, auto& visitor) { visit_fields(config, visitor); };
+const auto kVisitVae = [](auto& config, auto& visitor) { visit_vae_fields(config, visitor); };
 
 }  // namespace
 
 AutoencoderKLConfig AutoencoderKLConfig::from_json(const Json& json, const std::string& source) {
   FieldReader reader(json, source);
   check_class_name(reader, {"AutoencoderKL"});
-  return read_fields(AutoencoderKLConfig{}, reader, kVisit);
+  return read_fields(AutoencoderKLConfig{}, reader, kVisitVae);
 }
 
 AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::filesystem::path& path) {
@@ -67,7 +67,7 @@ void AutoencoderKLConfig::validate(const std::string& source) const {
 }
 
 Json AutoencoderKLConfig::to_json() const {
-  return write_fields(*this, {{"_class_name", "AutoencoderKL"}}, kVisit);
+  return write_fields(*this, {{"_class_name", "AutoencoderKL"}}, kVisitVae);
 }
 
 std::string AutoencoderKLConfig::summary() const {

@@ -18,9 +18,7 @@ using config::Json;
 
 namespace {
 
-constexpr const char* kData = "Data";
-constexpr const char* kValidation = "Validation";
-constexpr const char* kRecipe = "Diffusion-DPO";
+constexpr const char* kDpo = "Diffusion-DPO";
 
 }  // namespace
 
@@ -30,21 +28,21 @@ FlagTable diffusion_dpo_flags() {
               "trained by LoRA (default, the script's), LISA or full fine-tuning. docs/recipes/diffusion_dpo.md");
   add_model_flags(t);
 
-  t.add(kData, "dataset_name", FlagType::kString, nullptr,
+  t.add(flag_group::kData, "dataset_name", FlagType::kString, nullptr,
         "preference pairs (jpg_0, jpg_1, label_0, caption): a local image folder (metadata.jsonl), a folder of "
         "split folders, or webdataset shards");
-  t.add(kData, "dataset_split_name", FlagType::kString, "validation",
+  t.add(flag_group::kData, "dataset_split_name", FlagType::kString, "validation",
         "the split folder of --dataset_name to train on, when it has split folders");
-  t.add(kData, "max_train_samples", FlagType::kInt, nullptr, "a seeded subset of this many pairs (image folders)");
-  t.add(kData, "resolution", FlagType::kInt, 512, "shorter side resized to this, then cropped square");
-  t.add(kData, "random_crop", FlagType::kSwitch, false, "random instead of center crop (drawn per image)");
-  t.add(kData, "no_hflip", FlagType::kSwitch, false,
+  t.add(flag_group::kData, "max_train_samples", FlagType::kInt, nullptr, "a seeded subset of this many pairs (image folders)");
+  t.add(flag_group::kData, "resolution", FlagType::kInt, 512, "shorter side resized to this, then cropped square");
+  t.add(flag_group::kData, "random_crop", FlagType::kSwitch, false, "random instead of center crop (drawn per image)");
+  t.add(flag_group::kData, "no_hflip", FlagType::kSwitch, false,
         "no random horizontal flip (each image is otherwise flipped with probability 0.5, drawn per image)");
-  t.add(kData, "vae_encode_batch_size", FlagType::kInt, 8, "images per VAE encode call");
+  t.add(flag_group::kData, "vae_encode_batch_size", FlagType::kInt, 8, "images per VAE encode call");
 
-  t.add(kValidation, "run_validation", FlagType::kSwitch, false,
+  t.add(flag_group::kValidation, "run_validation", FlagType::kSwitch, false,
         "generate the 4 validation prompts (DPM-Solver++, 25 steps) every --validation_steps and at the end");
-  t.add(kValidation, "validation_steps", FlagType::kInt, 200, "validate every this many optimizer steps");
+  t.add(flag_group::kValidation, "validation_steps", FlagType::kInt, 200, "validate every this many optimizer steps");
 
   add_training_flags(t);
   t.set_default("output_dir", "diffusion-dpo-lora");
@@ -58,14 +56,14 @@ FlagTable diffusion_dpo_flags() {
   t.add("Precision and memory", "prior_generation_precision", FlagType::kString, nullptr, "unused by the script");
   t.set_handling("prior_generation_precision", Handling::kNote, "no effect: the script defines it and never reads it");
 
-  t.add(kRecipe, "beta_dpo", FlagType::kInt, 2500, "DPO beta: the strength of the preference (an integer, as the script)");
-  t.add(kRecipe, "loss_type", FlagType::kString, "sigmoid", "DPO loss: sigmoid, hinge or ipo").choices = {
+  t.add(kDpo, "beta_dpo", FlagType::kInt, 2500, "DPO beta: the strength of the preference (an integer, as the script)");
+  t.add(kDpo, "loss_type", FlagType::kString, "sigmoid", "DPO loss: sigmoid, hinge or ipo").choices = {
       "sigmoid", "hinge", "ipo"};
-  t.add(kRecipe, "reference_dtype", FlagType::kString, "auto",
+  t.add(kDpo, "reference_dtype", FlagType::kString, "auto",
         "lisa/full: the frozen reference UNet's dtype (auto: the weight dtype of --mixed_precision; on a CPU in "
         "float32 it is read from the memory-mapped weight file, no copy; fp16: the LISA fork's choice)")
       .choices = {"auto", "fp32", "fp16", "bf16"};
-  t.add(kRecipe, "ref_update_rate", FlagType::kFloat, 0.0,
+  t.add(kDpo, "ref_update_rate", FlagType::kFloat, 0.0,
         "lisa/full: after every optimizer step reference <- (1 - rate) reference + rate policy (the LISA fork: "
         "1e-4; 0: a fixed reference, as the DPO paper and the script)");
 
@@ -169,7 +167,7 @@ train::MicroResult diffusion_dpo_step(DiffusionDpoModels& m, const data::Batch& 
 namespace {
 
 // The run's own settings, read from the values (the rest go to TrainerOptions and DataOptions).
-struct RecipeSettings : CommonSettings {
+struct DpoSettings : CommonSettings {
   bool run_validation = false;
   int validation_steps = 200;
   int vae_encode_batch_size = 8;
@@ -179,8 +177,8 @@ struct RecipeSettings : CommonSettings {
   double ref_update_rate = 0;
 };
 
-RecipeSettings read_settings(config::FieldReader& r) {
-  RecipeSettings s;
+DpoSettings read_dpo_settings(config::FieldReader& r) {
+  DpoSettings s;
   static_cast<CommonSettings&>(s) = read_common_settings(r);
   r("run_validation", s.run_validation);
   r("validation_steps", s.validation_steps);
@@ -241,7 +239,7 @@ void run_diffusion_dpo(const ParsedArgs& parsed) {
   merge_rank_alias(parsed, values);
   method_defaults(parsed, values);
   config::FieldReader reader(values, source);
-  const auto settings = reading_values([&] { return read_settings(reader); });
+  const auto settings = reading_values([&] { return read_dpo_settings(reader); });
   check_resolution(values);
   auto data_options = data::DataOptions::for_recipe(data::ExampleKind::kDpo);
   reading_values([&] { data_options.read(reader); });  // validates too

@@ -22,9 +22,7 @@ using config::Json;
 
 namespace {
 
-constexpr const char* kData = "Data";
-constexpr const char* kValidation = "Validation";
-constexpr const char* kRecipe = "InstructPix2Pix";
+constexpr const char* kPix2Pix = "InstructPix2Pix";
 
 }  // namespace
 
@@ -34,24 +32,24 @@ FlagTable instruct_pix2pix_flags() {
               "trained by LISA (default), full fine-tuning or LoRA. docs/recipes/instruct_pix2pix.md");
   add_model_flags(t);
   add_folder_dataset_flags(t);
-  t.add(kData, "original_image_column", FlagType::kString, "input_image", "column of the source image");
-  t.add(kData, "edited_image_column", FlagType::kString, "edited_image", "column of the edited image");
-  t.add(kData, "edit_prompt_column", FlagType::kString, "edit_prompt", "column of the edit instruction");
-  t.add(kData, "resolution", FlagType::kInt, 256, "images are resized to resolution x resolution");
-  t.add(kData, "center_crop", FlagType::kSwitch, false, "center crop (a no-op after the square resize)");
-  t.add(kData, "random_flip", FlagType::kSwitch, false, "random horizontal flip, the same for both images of a pair");
+  t.add(flag_group::kData, "original_image_column", FlagType::kString, "input_image", "column of the source image");
+  t.add(flag_group::kData, "edited_image_column", FlagType::kString, "edited_image", "column of the edited image");
+  t.add(flag_group::kData, "edit_prompt_column", FlagType::kString, "edit_prompt", "column of the edit instruction");
+  t.add(flag_group::kData, "resolution", FlagType::kInt, 256, "images are resized to resolution x resolution");
+  t.add(flag_group::kData, "center_crop", FlagType::kSwitch, false, "center crop (a no-op after the square resize)");
+  t.add(flag_group::kData, "random_flip", FlagType::kSwitch, false, "random horizontal flip, the same for both images of a pair");
 
-  t.add(kValidation, "val_image_url", FlagType::kString, nullptr, "the source image of validation edits (a local path or file:// URL)");
-  t.add(kValidation, "validation_prompt", FlagType::kString, nullptr, "the validation edit instruction");
-  t.add(kValidation, "num_validation_images", FlagType::kInt, 4, "edits per validation");
-  t.add(kValidation, "validation_epochs", FlagType::kInt, 1, "validate at the end of every this many epochs");
+  t.add(flag_group::kValidation, "val_image_url", FlagType::kString, nullptr, "the source image of validation edits (a local path or file:// URL)");
+  t.add(flag_group::kValidation, "validation_prompt", FlagType::kString, nullptr, "the validation edit instruction");
+  t.add(flag_group::kValidation, "num_validation_images", FlagType::kInt, 4, "edits per validation");
+  t.add(flag_group::kValidation, "validation_epochs", FlagType::kInt, 1, "validate at the end of every this many epochs");
 
   add_training_flags(t);
   t.set_default("output_dir", "instruct-pix2pix-model");
-  t.add(kRecipe, "conditioning_dropout_prob", FlagType::kFloat, nullptr,
+  t.add(kPix2Pix, "conditioning_dropout_prob", FlagType::kFloat, nullptr,
         "p: the prompt is dropped with probability 2p, the image with 2p, both with p (recommended 0.05)");
-  t.add(kRecipe, "use_ema", FlagType::kSwitch, false, "keep an EMA of the UNet (validation and the result use it)");
-  t.add(kRecipe, "copy_conv_in_bias", FlagType::kSwitch, false,
+  t.add(kPix2Pix, "use_ema", FlagType::kSwitch, false, "keep an EMA of the UNet (validation and the result use it)");
+  t.add(kPix2Pix, "copy_conv_in_bias", FlagType::kSwitch, false,
         "lisadiff: copy the pretrained conv_in bias into the widened conv_in (the script leaves a fresh random "
         "bias: huggingface/diffusers#4960)");
   add_method_flags(t, "lisa");
@@ -141,7 +139,7 @@ train::MicroResult instruct_pix2pix_step(InstructPix2PixModels& m, const data::B
 namespace {
 
 // The run's own settings, read from the values (the rest go to TrainerOptions and DataOptions).
-struct RecipeSettings : CommonSettings {
+struct Pix2PixSettings : CommonSettings {
   std::optional<std::string> val_image_url, validation_prompt;
   int num_validation_images = 4;
   int validation_epochs = 1;
@@ -149,8 +147,8 @@ struct RecipeSettings : CommonSettings {
   bool copy_conv_in_bias = false;
 };
 
-RecipeSettings read_settings(config::FieldReader& r) {
-  RecipeSettings s;
+Pix2PixSettings read_pix2pix_settings(config::FieldReader& r) {
+  Pix2PixSettings s;
   static_cast<CommonSettings&>(s) = read_common_settings(r);
   r("val_image_url", s.val_image_url);
   r("validation_prompt", s.validation_prompt);
@@ -175,7 +173,7 @@ void run_instruct_pix2pix(const ParsedArgs& parsed) {
   auto& values = run.values;
   const auto& source = run.source;
   config::FieldReader reader(values, source);
-  auto settings = reading_values([&] { return read_settings(reader); });
+  auto settings = reading_values([&] { return read_pix2pix_settings(reader); });
   // Validation's source image, checked before anything runs.
   torch::Tensor val_image;
   if (settings.val_image_url.has_value() != settings.validation_prompt.has_value()) {

@@ -20,10 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kModel = "Model";
-constexpr const char* kData = "Data";
 constexpr const char* kLcm = "Latent consistency distillation";
-constexpr const char* kValidation = "Validation";
 
 }  // namespace
 
@@ -31,31 +28,31 @@ FlagTable lcm_distill_flags() {
   FlagTable t("lcm_distill",
               "Latent consistency distillation of a Stable Diffusion teacher (diffusers' "
               "train_lcm_distill_sd_wds.py), trained by LISA (default), full fine-tuning or LoRA");
-  t.add(kModel, "pretrained_teacher_model", FlagType::kString, nullptr,
+  t.add(flag_group::kModel, "pretrained_teacher_model", FlagType::kString, nullptr,
         "the teacher Stable Diffusion pipeline folder (a local path; a Hub id must be downloaded first)")
       .required = true;
-  t.add(kModel, "pretrained_vae_model_name_or_path", FlagType::kString, nullptr, "a VAE the script never loads");
+  t.add(flag_group::kModel, "pretrained_vae_model_name_or_path", FlagType::kString, nullptr, "a VAE the script never loads");
   t.set_handling("pretrained_vae_model_name_or_path", Handling::kNote,
                  "no effect: the script reads the VAE from the teacher folder whatever this says, and so does lisadiff");
-  t.add(kModel, "teacher_revision", FlagType::kString, nullptr, "Hub revision of the teacher");
+  t.add(flag_group::kModel, "teacher_revision", FlagType::kString, nullptr, "Hub revision of the teacher");
   t.set_handling("teacher_revision", Handling::kNote, "no effect: lisadiff reads the local folder as it is");
-  t.add(kModel, "revision", FlagType::kString, nullptr, "Hub revision (the validation pipeline's)");
+  t.add(flag_group::kModel, "revision", FlagType::kString, nullptr, "Hub revision (the validation pipeline's)");
   t.set_handling("revision", Handling::kNote, "no effect: lisadiff reads the local folder as it is");
-  t.add(kModel, "cache_dir", FlagType::kString, nullptr, "Hub/datasets cache");
+  t.add(flag_group::kModel, "cache_dir", FlagType::kString, nullptr, "Hub/datasets cache");
   t.set_handling("cache_dir", Handling::kNote, "no effect: lisadiff keeps no download cache");
 
-  t.add(kData, "train_shards_path_or_url", FlagType::kString, nullptr,
+  t.add(flag_group::kData, "train_shards_path_or_url", FlagType::kString, nullptr,
         "webdataset shards: a brace spec of local .tar files, or pipe: commands");
-  t.add(kData, "resolution", FlagType::kInt, 512, "shorter side resized to this, then a random square crop");
-  t.add(kData, "interpolation_type", FlagType::kString, "bilinear", "the resize filter").choices = {
+  t.add(flag_group::kData, "resolution", FlagType::kInt, 512, "shorter side resized to this, then a random square crop");
+  t.add(flag_group::kData, "interpolation_type", FlagType::kString, "bilinear", "the resize filter").choices = {
       "bilinear", "bicubic", "box", "nearest", "nearest_exact", "hamming", "lanczos"};
-  t.add(kData, "center_crop", FlagType::kSwitch, false, "unused by the script (the crop is always random)");
+  t.add(flag_group::kData, "center_crop", FlagType::kSwitch, false, "unused by the script (the crop is always random)");
   t.set_handling("center_crop", Handling::kNote, "no effect: the script defines it and always crops at random");
-  t.add(kData, "random_flip", FlagType::kSwitch, false, "unused by the script (no flip)");
+  t.add(flag_group::kData, "random_flip", FlagType::kSwitch, false, "unused by the script (no flip)");
   t.set_handling("random_flip", Handling::kNote, "no effect: the script defines it and never flips");
-  t.add(kData, "max_train_samples", FlagType::kInt, nullptr,
+  t.add(flag_group::kData, "max_train_samples", FlagType::kInt, nullptr,
         "the nominal number of samples per epoch (the script divides by it)");
-  t.add(kData, "proportion_empty_prompts", FlagType::kFloat, 0, "share of captions replaced by the empty prompt");
+  t.add(flag_group::kData, "proportion_empty_prompts", FlagType::kFloat, 0, "share of captions replaced by the empty prompt");
 
   t.add(kLcm, "w_min", FlagType::kFloat, 5.0, "smallest guidance scale w drawn for the teacher");
   t.add(kLcm, "w_max", FlagType::kFloat, 15.0, "largest guidance scale w drawn for the teacher");
@@ -74,8 +71,8 @@ FlagTable lcm_distill_flags() {
         "CPU; no: the teacher runs in its weights' dtype)")
       .choices = {"auto", "no", "fp16", "bf16"};
 
-  t.add(kValidation, "validation_steps", FlagType::kInt, 200, "validate every this many optimizer steps");
-  t.add(kValidation, "validation_prompts_file", FlagType::kString, nullptr,
+  t.add(flag_group::kValidation, "validation_steps", FlagType::kInt, 200, "validate every this many optimizer steps");
+  t.add(flag_group::kValidation, "validation_prompts_file", FlagType::kString, nullptr,
         "a text file with one validation prompt per line (default: the script's four prompts)");
 
   add_training_flags(t);
@@ -264,7 +261,7 @@ models::UNet2DConditionModel copy_unet(const models::UNet2DConditionModel& unet)
 namespace {
 
 // The run's own settings, read from the values (the rest go to TrainerOptions and DataOptions).
-struct RecipeSettings : CommonSettings {
+struct LcmSettings : CommonSettings {
   double w_min = 5.0, w_max = 15.0;
   int num_ddim_timesteps = 50;
   LcmLossType loss_type = LcmLossType::kL2;
@@ -280,8 +277,8 @@ struct RecipeSettings : CommonSettings {
   double lora_dropout = 0.0;
 };
 
-RecipeSettings read_settings(config::FieldReader& r) {
-  RecipeSettings s;
+LcmSettings read_lcm_settings(config::FieldReader& r) {
+  LcmSettings s;
   static_cast<CommonSettings&>(s) = read_common_settings(r, "pretrained_teacher_model");
   r("w_min", s.w_min);
   r("w_max", s.w_max);
@@ -374,7 +371,7 @@ void run_lcm_distill(const ParsedArgs& parsed) {
   const auto& source = run.source;
   values["scale_lr"] = false;  // the script defines --scale_lr and never reads it (a note says so)
   config::FieldReader reader(values, source);
-  const auto settings = reading_values([&] { return read_settings(reader); });
+  const auto settings = reading_values([&] { return read_lcm_settings(reader); });
   check_resolution(values);
   if (!values.at("train_shards_path_or_url").is_string()) {
     throw UsageError("--train_shards_path_or_url is required: the webdataset shards to distil on");

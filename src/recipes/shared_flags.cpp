@@ -11,7 +11,6 @@ namespace {
 
 using config::Json;
 
-constexpr const char* kModel = "Model";
 constexpr const char* kTraining = "Training";
 constexpr const char* kOptimizer = "Optimizer and schedule";
 constexpr const char* kPrecision = "Precision and memory";
@@ -28,19 +27,19 @@ FlagSpec& with_choices(FlagSpec& spec, std::vector<std::string> choices) {
 }  // namespace
 
 void add_model_flags(FlagTable& t) {
-  t.add(kModel, "pretrained_model_name_or_path", FlagType::kString, nullptr,
+  t.add(flag_group::kModel, "pretrained_model_name_or_path", FlagType::kString, nullptr,
         "the base Stable Diffusion pipeline folder (a local path; a Hub id must be downloaded first)")
       .required = true;
-  t.add(kModel, "variant", FlagType::kString, nullptr,
+  t.add(flag_group::kModel, "variant", FlagType::kString, nullptr,
         "weight file variant, e.g. fp16: reads *.fp16.safetensors (docs/recipes/<recipe>.md says of which models)");
-  t.add(kModel, "revision", FlagType::kString, nullptr, "Hub revision");
+  t.add(flag_group::kModel, "revision", FlagType::kString, nullptr, "Hub revision");
   t.set_handling("revision", Handling::kNote, "no effect: lisadiff reads the local folder as it is");
-  t.add(kModel, "cache_dir", FlagType::kString, nullptr, "Hub/datasets cache");
+  t.add(flag_group::kModel, "cache_dir", FlagType::kString, nullptr, "Hub/datasets cache");
   t.set_handling("cache_dir", Handling::kNote, "no effect: lisadiff keeps no download cache");
 }
 
 void add_folder_dataset_flags(FlagTable& t) {
-  t.add(kModel, "non_ema_revision", FlagType::kString, nullptr, "Hub revision of the non-EMA UNet");
+  t.add(flag_group::kModel, "non_ema_revision", FlagType::kString, nullptr, "Hub revision of the non-EMA UNet");
   t.set_handling("non_ema_revision", Handling::kNote, "no effect: the UNet is read from the local folder's unet/");
   t.add("Data", "dataset_name", FlagType::kString, nullptr,
         "a local image folder (metadata.jsonl) or webdataset shards (a folder of .tar files or a brace spec)");

@@ -18,6 +18,13 @@
 
 namespace lisadiff::recipes {
 
+// Headings of the --help groups that more than one flag table uses.
+namespace flag_group {
+inline constexpr const char* kModel = "Model";
+inline constexpr const char* kData = "Data";
+inline constexpr const char* kValidation = "Validation";
+}  // namespace flag_group
+
 // --pretrained_model_name_or_path (required), --revision, --variant, --cache_dir.
 void add_model_flags(FlagTable& table);
 // The dataset flags of the scripts that read `datasets` image folders (InstructPix2Pix,

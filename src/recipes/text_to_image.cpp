@@ -16,9 +16,7 @@ using config::Json;
 
 namespace {
 
-constexpr const char* kData = "Data";
-constexpr const char* kValidation = "Validation";
-constexpr const char* kRecipe = "Text to image";
+constexpr const char* kTextToImage = "Text to image";
 
 }  // namespace
 
@@ -28,32 +26,32 @@ FlagTable text_to_image_flags() {
               "LISA (default), full fine-tuning or LoRA. docs/recipes/text_to_image.md");
   add_model_flags(t);
   add_folder_dataset_flags(t);
-  t.add(kData, "image_column", FlagType::kString, "image", "column of the image");
-  t.add(kData, "caption_column", FlagType::kString, "text", "column of the caption (a list: one drawn per step)");
-  t.add(kData, "resolution", FlagType::kInt, 512, "the shorter side is resized to this, then cropped square");
-  t.add(kData, "center_crop", FlagType::kSwitch, false, "center crop (default: random crop)");
-  t.add(kData, "random_flip", FlagType::kSwitch, false, "random horizontal flip");
-  t.add(kData, "image_interpolation_mode", FlagType::kString, "lanczos", "the resize filter (Pillow's)")
+  t.add(flag_group::kData, "image_column", FlagType::kString, "image", "column of the image");
+  t.add(flag_group::kData, "caption_column", FlagType::kString, "text", "column of the caption (a list: one drawn per step)");
+  t.add(flag_group::kData, "resolution", FlagType::kInt, 512, "the shorter side is resized to this, then cropped square");
+  t.add(flag_group::kData, "center_crop", FlagType::kSwitch, false, "center crop (default: random crop)");
+  t.add(flag_group::kData, "random_flip", FlagType::kSwitch, false, "random horizontal flip");
+  t.add(flag_group::kData, "image_interpolation_mode", FlagType::kString, "lanczos", "the resize filter (Pillow's)")
       .choices = {"bicubic", "bilinear", "box", "hamming", "lanczos", "nearest", "nearest_exact"};
 
-  t.add(kValidation, "validation_prompts", FlagType::kStrings, nullptr, "prompts generated at every validation");
-  t.add(kValidation, "validation_epochs", FlagType::kInt, 5, "validate at the end of every this many epochs");
+  t.add(flag_group::kValidation, "validation_prompts", FlagType::kStrings, nullptr, "prompts generated at every validation");
+  t.add(flag_group::kValidation, "validation_epochs", FlagType::kInt, 5, "validate at the end of every this many epochs");
 
   add_training_flags(t);
   t.set_default("output_dir", "sd-model-finetuned");
   t.add("Logging", "tracker_project_name", FlagType::kString, "text2image-fine-tune",
         "TensorBoard subfolder of logging_dir (accelerate's tracker project)");
-  t.add(kRecipe, "input_perturbation", FlagType::kFloat, 0.0, "scale of the input perturbation (recommended 0.1)");
-  t.add(kRecipe, "noise_offset", FlagType::kFloat, 0.0, "scale of the noise offset");
-  t.add(kRecipe, "snr_gamma", FlagType::kFloat, nullptr, "min-SNR weighting gamma (recommended 5.0); none: plain MSE");
-  t.add(kRecipe, "prediction_type", FlagType::kString, nullptr,
+  t.add(kTextToImage, "input_perturbation", FlagType::kFloat, 0.0, "scale of the input perturbation (recommended 0.1)");
+  t.add(kTextToImage, "noise_offset", FlagType::kFloat, 0.0, "scale of the noise offset");
+  t.add(kTextToImage, "snr_gamma", FlagType::kFloat, nullptr, "min-SNR weighting gamma (recommended 5.0); none: plain MSE");
+  t.add(kTextToImage, "prediction_type", FlagType::kString, nullptr,
         "epsilon or v_prediction; none: the scheduler's prediction_type");
-  t.add(kRecipe, "dream_training", FlagType::kSwitch, false, "DREAM (Diffusion Rectification and Estimation-Adaptive Models)");
-  t.add(kRecipe, "dream_detail_preservation", FlagType::kFloat, 1.0, "DREAM's detail preservation p");
-  t.add(kRecipe, "use_ema", FlagType::kSwitch, false, "keep an EMA of the UNet (validation and the result use it)");
-  t.add(kRecipe, "offload_ema", FlagType::kSwitch, false, "keep the EMA on the CPU");
+  t.add(kTextToImage, "dream_training", FlagType::kSwitch, false, "DREAM (Diffusion Rectification and Estimation-Adaptive Models)");
+  t.add(kTextToImage, "dream_detail_preservation", FlagType::kFloat, 1.0, "DREAM's detail preservation p");
+  t.add(kTextToImage, "use_ema", FlagType::kSwitch, false, "keep an EMA of the UNet (validation and the result use it)");
+  t.add(kTextToImage, "offload_ema", FlagType::kSwitch, false, "keep the EMA on the CPU");
   t.set_handling("offload_ema", Handling::kNote, "no effect: lisadiff keeps the EMA beside the weights it averages");
-  t.add(kRecipe, "foreach_ema", FlagType::kSwitch, false, "foreach EMA update");
+  t.add(kTextToImage, "foreach_ema", FlagType::kSwitch, false, "foreach EMA update");
   t.set_handling("foreach_ema", Handling::kNote, "no effect: lisadiff's EMA update is its own");
   add_method_flags(t, "lisa");
   add_rank_alias_flag(t);
@@ -140,7 +138,7 @@ train::MicroResult text_to_image_step(TextToImageModels& m, const data::Batch& b
 
 namespace {
 
-struct RecipeSettings : CommonSettings {
+struct TextToImageSettings : CommonSettings {
   std::optional<std::vector<std::string>> validation_prompts;
   int validation_epochs = 5;
   double input_perturbation = 0, noise_offset = 0;
@@ -150,8 +148,8 @@ struct RecipeSettings : CommonSettings {
   double dream_detail_preservation = 1.0;
 };
 
-RecipeSettings read_settings(config::FieldReader& r) {
-  RecipeSettings s;
+TextToImageSettings read_text_to_image_settings(config::FieldReader& r) {
+  TextToImageSettings s;
   static_cast<CommonSettings&>(s) = read_common_settings(r);
   r("validation_prompts", s.validation_prompts);
   r("validation_epochs", s.validation_epochs);
@@ -179,7 +177,7 @@ void run_text_to_image(const ParsedArgs& parsed) {
   const auto& source = run.source;
   merge_rank_alias(parsed, values);
   config::FieldReader reader(values, source);
-  const auto settings = reading_values([&] { return read_settings(reader); });
+  const auto settings = reading_values([&] { return read_text_to_image_settings(reader); });
   check_resolution(values);
   auto data_options = data::DataOptions::for_text_to_image();
   reading_values([&] { data_options.read(reader); });  // validates too

@@ -398,7 +398,7 @@ constexpr Rgb kMuted{120, 120, 120};
 constexpr Rgb kAxisColor{90, 90, 90};
 constexpr Rgb kGrid{232, 232, 232};
 // Tableau-like colours, without the purple and green that the markers use.
-constexpr Rgb kPalette[] = {{31, 119, 180}, {255, 127, 14}, {214, 39, 40},   {140, 86, 75},
+constexpr Rgb kLinePalette[] = {{31, 119, 180}, {255, 127, 14}, {214, 39, 40},   {140, 86, 75},
                             {227, 119, 194}, {23, 190, 207}, {188, 189, 34}, {127, 127, 127}};
 // Several runs, a colour each: Okabe and Ito's colour-blind-safe palette (blue, vermillion,
 // bluish green, reddish purple, orange, sky blue, black, yellow), the pairs that are easiest
@@ -686,7 +686,7 @@ class FigureBuilder {
       Curve c;
       // One run: a colour per panel tells the panels apart. Several: a colour per run, the
       // same in every panel, tells the runs apart.
-      c.color = single() ? kPalette[index % std::size(kPalette)] : kRunPalette[r];
+      c.color = single() ? kLinePalette[index % std::size(kLinePalette)] : kRunPalette[r];
       if (const MetricSeries* series = logs_[r]->find(name)) {
         for (std::size_t i = 0; i < series->values.size(); ++i) {
           if (log && !(series->values[i] > 0)) {
